@@ -1,0 +1,325 @@
+"""The detector: an open_clip image tower, optional LoRA, and a one-logit head (dgs-net.md §2).
+
+`Detector` is an `nn.Module` and a `PyTorchModelHubMixin`: `save_pretrained` writes a folder
+with `config.json` and `model.safetensors`, `from_pretrained` reads one (local or Hub), strictly
+and without printing. `Teacher` is DGS-Net's frozen stage-1 model: the student's own encoder with
+LoRA switched off, plus a frozen probe head, so no second copy of CLIP is held.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from aidetect import __version__
+from aidetect.config import (
+    DEFAULT_BACKBONE,
+    DEFAULT_PRETRAINED,
+    DEFAULT_THRESHOLD,
+    LoraConfig,
+    PreprocessConfig,
+)
+from aidetect.errors import WeightsError
+from aidetect.lora import add_lora, lora_disabled, lora_modules, merge_lora
+from aidetect.preprocess import build_transform
+
+logger = logging.getLogger(__name__)
+
+# Bumped when a saved detector's layout changes incompatibly; newer files are refused.
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def has_schema(backbone: str) -> bool:
+    """True for open_clip names that carry their own weights location (hf-hub:, local-dir:)."""
+    return backbone.startswith(("hf-hub:", "local-dir:"))
+
+
+def tag_uses_quick_gelu(backbone: str, pretrained: str | None) -> bool:
+    """Whether an open_clip pretrained tag was trained with QuickGELU (all OpenAI CLIPs were)."""
+    import open_clip
+
+    if not pretrained or has_schema(backbone):
+        return False
+    tag_cfg = open_clip.get_pretrained_cfg(backbone.replace("/", "-"), pretrained) or {}
+    return bool(tag_cfg.get("quick_gelu", False))
+
+
+def create_clip(
+    backbone: str, pretrained: str | None, *, quick_gelu: bool | None = None
+) -> nn.Module:
+    """A whole open_clip model; weights from `pretrained`, or random when it is None.
+
+    A tag that was asked for must load: open_clip would otherwise fall back to random weights
+    with a log line (hence `require_pretrained`). QuickGELU follows the tag unless forced.
+    """
+    import open_clip
+
+    if quick_gelu is None:
+        quick_gelu = tag_uses_quick_gelu(backbone, pretrained)
+    with warnings.catch_warnings(), _quiet_random_init():
+        # A QuickGELU mismatch cannot happen here (we follow the tag), so the warning is noise.
+        warnings.filterwarnings("ignore", message="QuickGELU mismatch")
+        return open_clip.create_model(
+            backbone,
+            pretrained=None if has_schema(backbone) else pretrained,
+            load_weights=pretrained is not None,
+            require_pretrained=pretrained is not None,
+            force_quick_gelu=quick_gelu,
+        )
+
+
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    # open_clip logs "No pretrained weights loaded ... initialized randomly" on the root logger
+    # whenever pretrained is None. Here that is intended (a saved detector's weights load next),
+    # and a user would read it as a failure.
+    notice_filter = _DropRandomInitNotice()
+    root = logging.getLogger()
+    root.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice_filter)
+
+
+def uses_quick_gelu(module: nn.Module) -> bool:
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(m, QuickGELU) for m in module.modules())
+
+
+class Detector(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="aidetect",
+    tags=["ai-generated-image-detection", "dgs-net", "clip"],
+    repo_url="https://github.com/aidetect/aidetect",
+):
+    """CLIP image tower (+ LoRA) and a linear head; one logit per image, > 0 means AI-generated.
+
+    Args:
+        backbone: an open_clip model name (built-in, `hf-hub:owner/name` or `local-dir:PATH`).
+        pretrained: an open_clip pretrained tag (built-in names), any non-empty value to load the
+            weights stored with a `hf-hub:`/`local-dir:` name, or None for random weights.
+        lora_rank: 0 for no LoRA; otherwise LoRA of this rank on q, k, v of every block.
+        lora_alpha: LoRA alpha (scaling = alpha / sqrt(rank)).
+        lora_dropout: dropout on the LoRA branch's input, in training only.
+        quick_gelu: force QuickGELU on or off; None follows the pretrained tag.
+        preprocess: a `PreprocessConfig` as a dict; None means DGS-Net's patch selection.
+        threshold: the probability above which an image is judged AI-generated.
+        base_pretrained: where the image tower's weights came from originally (provenance, and
+            the text tower to use for captions); defaults to `pretrained`.
+        format_version: the saved-detector layout version.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: str = DEFAULT_BACKBONE,
+        pretrained: str | None = DEFAULT_PRETRAINED,
+        lora_rank: int = 0,
+        lora_alpha: float = 6.0,
+        lora_dropout: float = 0.8,
+        quick_gelu: bool | None = None,
+        preprocess: dict[str, Any] | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        base_pretrained: str | None = None,
+        format_version: int = FORMAT_VERSION,
+    ) -> None:
+        super().__init__()
+        if format_version > FORMAT_VERSION:
+            raise WeightsError(
+                f"this detector was saved by a newer aidetect (format {format_version}; this "
+                f"aidetect {__version__} reads up to {FORMAT_VERSION}): upgrade aidetect"
+            )
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        clip = create_clip(backbone, pretrained, quick_gelu=quick_gelu)
+        self.visual = clip.visual  # the text tower is dropped: a detector scans images only
+        del clip
+        self.backbone = backbone
+        self.base_pretrained = base_pretrained if base_pretrained is not None else pretrained
+        self.quick_gelu = uses_quick_gelu(self.visual)
+        self.embed_dim = int(self.visual.output_dim)
+        self.preprocess_config = (
+            PreprocessConfig.from_dict(preprocess) if preprocess else PreprocessConfig()
+        )
+        self.threshold = float(threshold)
+        self.lora_config = LoraConfig(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout)
+        self.head = nn.Linear(self.embed_dim, 1)
+        if lora_rank > 0:
+            add_lora(self.visual, self.lora_config)  # freezes the base weights
+
+    # --- inference ---------------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) preprocessed images -> (B, D) projected CLS features, not normalised."""
+        return self.visual(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) preprocessed images -> (B,) logits; sigmoid > threshold = AI-generated."""
+        return self.head(self.encode_image(images)).squeeze(-1)
+
+    def transform(self, *, train: bool = False):
+        """This detector's preprocessing: PIL RGB image -> (3, S, S) tensor."""
+        return build_transform(self.preprocess_config, train=train)
+
+    # --- LoRA --------------------------------------------------------------------------------
+    @property
+    def has_lora(self) -> bool:
+        return bool(lora_modules(self.visual))
+
+    def add_lora(self, config: LoraConfig | None = None) -> None:
+        """Add fresh LoRA (zero update) on top of the current image-tower weights."""
+        self.lora_config = config or LoraConfig()
+        add_lora(self.visual, self.lora_config)
+
+    def merge_lora(self) -> None:
+        """Fold LoRA into the q/k/v weights: same outputs, plain attention, faster inference."""
+        merge_lora(self.visual)
+        self.visual.requires_grad_(False)
+
+    @contextmanager
+    def lora_disabled(self) -> Iterator[None]:
+        """The base model (LoRA off): DGS-Net's teacher pass."""
+        with lora_disabled(self.visual):
+            yield
+
+    # --- saving and loading ------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this detector from its saved state dict."""
+        lora = self.lora_config if self.has_lora else LoraConfig(rank=0)
+        return {
+            "aidetect_version": __version__,
+            "format_version": FORMAT_VERSION,
+            "backbone": self.backbone,
+            "pretrained": None,  # weights come from model.safetensors, never from a download
+            "base_pretrained": self.base_pretrained,
+            "quick_gelu": self.quick_gelu,
+            "lora_rank": lora.rank if self.has_lora else 0,
+            "lora_alpha": lora.alpha,
+            "lora_dropout": lora.dropout,
+            "preprocess": self.preprocess_config.to_dict(),
+            "threshold": self.threshold,
+        }
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> str | None:
+        """Write `config.json`, `model.safetensors` and a model card, each file atomically."""
+        target = Path(save_directory)
+        target.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            kwargs.setdefault("config", self.config)
+            result = super().save_pretrained(staging, **kwargs)
+            for item in staging.iterdir():
+                os.replace(item, target / item.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return result
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        map_location: str = "cpu",
+        strict: bool = True,
+        **model_kwargs: Any,
+    ) -> Detector:
+        # Replaces the mixin's loader, which prints to stdout, loads non-strictly by default and
+        # falls back to pickles: a detector loads from safetensors only, every key accounted for.
+        from huggingface_hub import hf_hub_download
+        from safetensors.torch import load_file
+
+        model_kwargs.pop("aidetect_version", None)
+        model_kwargs["pretrained"] = None  # the state dict holds every weight
+        if os.path.isdir(model_id):
+            weights_file = os.path.join(model_id, WEIGHTS_NAME)
+            if not os.path.isfile(weights_file):
+                raise WeightsError(f"{model_id}: no {WEIGHTS_NAME} in this detector folder")
+        else:
+            weights_file = hf_hub_download(
+                repo_id=model_id,
+                filename=WEIGHTS_NAME,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                token=token,
+                local_files_only=local_files_only,
+            )
+        model = cls(**model_kwargs)
+        load_state(model, load_file(weights_file, device=str(map_location)), source=weights_file,
+                   strict=strict)
+        return model.to(map_location).eval()
+
+
+def load_state(
+    model: nn.Module, state: dict[str, torch.Tensor], *, source: str, strict: bool = True
+) -> None:
+    """`load_state_dict` whose mismatch errors name the file and the keys, in one line."""
+    result = model.load_state_dict(state, strict=False)
+    problems = []
+    if strict and result.missing_keys:
+        problems.append(f"missing {len(result.missing_keys)} tensors (e.g. {result.missing_keys[0]})")
+    if strict and result.unexpected_keys:
+        problems.append(
+            f"{len(result.unexpected_keys)} unexpected tensors (e.g. {result.unexpected_keys[0]})"
+        )
+    if problems:
+        raise WeightsError(f"{source}: weights do not match the detector's config: "
+                           + "; ".join(problems))
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """A saved detector's config.json, with a one-line error when it is missing or broken."""
+    path = Path(folder) / CONFIG_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WeightsError(f"{folder}: not a detector folder (no {CONFIG_NAME})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise WeightsError(f"{path}: not valid JSON ({error})") from None
+
+
+class Teacher(nn.Module):
+    """DGS-Net's frozen stage-1 model, sharing the student's encoder (LoRA off).
+
+    The student is held by reference outside the module tree, so its weights are neither copied
+    nor registered twice; only the probe head belongs to the teacher, frozen.
+    """
+
+    def __init__(self, student: Detector, probe_head: nn.Linear) -> None:
+        super().__init__()
+        self._student = (student,)  # a tuple keeps nn.Module from registering it
+        self.head = probe_head.requires_grad_(False)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, D): the base encoder's features, no graph."""
+        student = self._student[0]
+        with student.lora_disabled():
+            return student.encode_image(images)

@@ -1,0 +1,155 @@
+"""From a decoded image to the detector's input tensor (dgs-net.md sections 4 and 7).
+
+DGS-Net keeps the 24 lowest- and 25 highest-spectral-entropy 32x32 patches of the image and
+tiles them into a 7x7 grid; UnivFD centre-crops 224x224 at native resolution. All of it is
+batched tensor arithmetic on whatever device the image is on.
+
+Tile order (fixed at inference, so a file always gets the same score): the 24 lowest-entropy
+patches in ascending entropy, then the 25 highest in ascending entropy, filling the grid row by
+row; ties keep raster order. Training may shuffle the tiles instead.
+
+Small images: an image under one patch (32 px) in either side is an error. One with fewer
+patches than tiles (e.g. 160x96, 15 patches) uses all its patches in ascending entropy, repeated
+in that order until the grid is full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from aidetect.config import PreprocessConfig
+from aidetect.errors import ImageError
+
+LOG_EPS = 1e-12  # the published code's epsilon in the normalisation and the log
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as the published code
+
+
+def to_tensor(image) -> torch.Tensor:
+    """A PIL RGB image as a (3, H, W) uint8 tensor, without copying through Python lists."""
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an RGB image, got an array of shape {array.shape}")
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, H, W)
+
+
+def _as_unit_float(image: torch.Tensor) -> torch.Tensor:
+    """uint8 in [0, 255] or float in [0, 1] -> float32 in [0, 1]."""
+    if image.dtype == torch.uint8:
+        return image.float().div_(255.0)
+    return image.float()
+
+
+def extract_patches(image: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Non-overlapping patches of the top-left crop to multiples of `patch_size`.
+
+    (3, H, W) -> (N, 3, p, p), N = (H // p) * (W // p), in raster order.
+    """
+    channels, height, width = image.shape
+    rows, cols = height // patch_size, width // patch_size
+    if rows == 0 or cols == 0:
+        raise ImageError(
+            f"image is {width}x{height} px; at least {patch_size}x{patch_size} px is needed"
+        )
+    cropped = image[:, : rows * patch_size, : cols * patch_size]
+    patches = cropped.reshape(channels, rows, patch_size, cols, patch_size)
+    return patches.permute(1, 3, 0, 2, 4).reshape(rows * cols, channels, patch_size, patch_size)
+
+
+def spectral_entropy(patches: torch.Tensor) -> torch.Tensor:
+    """Spectral entropy of each patch's luma: (N, 3, p, p) in [0, 1] -> (N,).
+
+    H = -sum p log2(p + eps), p = P / (sum P + eps), P = |FFT2(gray)|^2.
+    """
+    weights = torch.tensor(GRAY_WEIGHTS, dtype=patches.dtype, device=patches.device)
+    gray = torch.einsum("nchw,c->nhw", patches, weights)  # (N, p, p)
+    power = torch.fft.fft2(gray).abs().square()  # (N, p, p)
+    prob = power / (power.sum(dim=(1, 2), keepdim=True) + LOG_EPS)
+    return -(prob * torch.log2(prob + LOG_EPS)).sum(dim=(1, 2))  # (N,)
+
+
+def select_patch_indices(entropy: torch.Tensor, n_low: int, n_high: int) -> torch.Tensor:
+    """Indices of the kept patches in tile order (see the module docstring): (n_low + n_high,)."""
+    order = torch.sort(entropy, stable=True).indices  # ascending entropy, ties in raster order
+    total = n_low + n_high
+    if order.numel() >= total:
+        return torch.cat([order[:n_low], order[order.numel() - n_high :]])
+    repeats = -(-total // order.numel())  # ceil
+    return order.repeat(repeats)[:total]
+
+
+def select_patches(
+    image: torch.Tensor,
+    config: PreprocessConfig,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DGS-Net's patch selection: (3, H, W) uint8 or [0, 1] float -> (3, S, S) float in [0, 1].
+
+    With `shuffle`, the kept tiles are put in random order (a training augmentation, drawn from
+    `generator` or torch's global generator); without it, the tile order is fixed.
+    """
+    patches = extract_patches(_as_unit_float(image), config.patch_size)  # (N, 3, p, p)
+    keep = select_patch_indices(spectral_entropy(patches), config.n_low, config.n_high)
+    if shuffle:
+        keep = keep[torch.randperm(keep.numel(), generator=generator).to(keep.device)]
+    tiles = patches[keep]  # (49, 3, p, p)
+    grid = config.size // config.patch_size
+    p = config.patch_size
+    tiles = tiles.reshape(grid, grid, 3, p, p).permute(2, 0, 3, 1, 4)  # (3, 7, p, 7, p)
+    return tiles.reshape(3, grid * p, grid * p)
+
+
+def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """UnivFD's crop: the central size x size at native resolution, zero-padded if smaller.
+
+    Same placement as torchvision's `center_crop` (which pads, then crops).
+    """
+    from torchvision.transforms.functional import center_crop as tv_center_crop
+
+    return tv_center_crop(_as_unit_float(image), [size, size])
+
+
+def normalize(image: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """(..., 3, H, W) in [0, 1] -> standardised with the config's mean and std."""
+    mean = torch.tensor(config.mean, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    std = torch.tensor(config.std, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    return (image - mean) / std
+
+
+def preprocess_tensor(
+    image: torch.Tensor,
+    config: PreprocessConfig,
+    *,
+    train: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(3, H, W) uint8 image -> (3, S, S) normalised input, per the detector's config.
+
+    With `train`: tiles shuffled (patches method) and a random horizontal flip, drawn from
+    `generator` or torch's global generator (which DataLoader seeds per worker).
+    """
+    if config.method == "patches":
+        tiled = select_patches(image, config, shuffle=train, generator=generator)
+    else:
+        tiled = center_crop(image, config.size)
+    if train and torch.rand((), generator=generator) < 0.5:
+        tiled = tiled.flip(-1)
+    return normalize(tiled, config)
+
+
+def build_transform(config: PreprocessConfig, *, train: bool = False) -> Callable:
+    """A picklable callable (for DataLoader workers): PIL RGB image -> input tensor (3, S, S)."""
+    return _Transform(config, train)
+
+
+class _Transform:
+    def __init__(self, config: PreprocessConfig, train: bool) -> None:
+        self.config = config
+        self.train = train
+
+    def __call__(self, image) -> torch.Tensor:
+        return preprocess_tensor(to_tensor(image), self.config, train=self.train)
