@@ -1,0 +1,36 @@
+"""Options shared by several commands, declared once as `Annotated` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+WeightsOption = Annotated[
+    str,
+    typer.Option(
+        "--weights",
+        "-w",
+        help="Detector: a preset name, a detector folder, a .safetensors file, or a Hub "
+        "repository (hf://owner/name[@revision]).",
+        show_default=True,
+    ),
+]
+DeviceOption = Annotated[
+    str,
+    typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+]
+BatchSizeOption = Annotated[
+    int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")
+]
+WorkersOption = Annotated[
+    int,
+    typer.Option("--workers", "-j", min=0, help="Processes decoding images (0: in the main one)."),
+]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar or log lines on stderr.")
+]
+OutputOption = Annotated[
+    str | None,
+    typer.Option("--output", "-o", help="Write the report to this file (atomically) instead of stdout."),
+]

@@ -1,0 +1,30 @@
+"""Choosing the torch device: `auto` picks CUDA when present; asking for an absent one fails."""
+
+from __future__ import annotations
+
+import torch
+
+from aidetect.errors import UsageError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' -> a usable torch.device, never a silent fallback."""
+    name = name.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {name}: no CUDA GPU is available here (use --device cpu or auto)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    elif device.type != "cpu":
+        raise UsageError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
+    return device
