@@ -42,32 +42,54 @@ def _as_unit_float(image: torch.Tensor) -> torch.Tensor:
     return image.float()
 
 
-def extract_patches(image: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Non-overlapping patches of the top-left crop to multiples of `patch_size`.
-
-    (3, H, W) -> (N, 3, p, p), N = (H // p) * (W // p), in raster order.
-    """
-    channels, height, width = image.shape
+def _grid_shape(image: torch.Tensor, patch_size: int) -> tuple[int, int]:
+    _, height, width = image.shape
     rows, cols = height // patch_size, width // patch_size
     if rows == 0 or cols == 0:
         raise ImageError(
             f"image is {width}x{height} px; at least {patch_size}x{patch_size} px is needed"
         )
+    return rows, cols
+
+
+def extract_patches(image: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Non-overlapping patches of the top-left crop to multiples of `patch_size`.
+
+    (C, H, W) -> (N, C, p, p), N = (H // p) * (W // p), in raster order.
+    """
+    rows, cols = _grid_shape(image, patch_size)
+    channels = image.shape[0]
     cropped = image[:, : rows * patch_size, : cols * patch_size]
     patches = cropped.reshape(channels, rows, patch_size, cols, patch_size)
     return patches.permute(1, 3, 0, 2, 4).reshape(rows * cols, channels, patch_size, patch_size)
 
 
-def spectral_entropy(patches: torch.Tensor) -> torch.Tensor:
-    """Spectral entropy of each patch's luma: (N, 3, p, p) in [0, 1] -> (N,).
+def luma(image: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) in [0, 1] -> (..., H, W): 0.299 R + 0.587 G + 0.114 B."""
+    weights = torch.tensor(GRAY_WEIGHTS, dtype=image.dtype, device=image.device)
+    return torch.einsum("...chw,c->...hw", image, weights)
 
-    H = -sum p log2(p + eps), p = P / (sum P + eps), P = |FFT2(gray)|^2.
+
+def luma_entropy(gray: torch.Tensor) -> torch.Tensor:
+    """Spectral entropy of (N, p, p) luma patches -> (N,).
+
+    H = -sum p log2(p + eps), p = P / (sum P + eps), P = |FFT2(gray)|^2 over the full spectrum.
+    A real patch's spectrum is conjugate-symmetric, so the half spectrum of `rfft2` with each
+    mirrored column counted twice gives the same sums for half the work.
     """
-    weights = torch.tensor(GRAY_WEIGHTS, dtype=patches.dtype, device=patches.device)
-    gray = torch.einsum("nchw,c->nhw", patches, weights)  # (N, p, p)
-    power = torch.fft.fft2(gray).abs().square()  # (N, p, p)
-    prob = power / (power.sum(dim=(1, 2), keepdim=True) + LOG_EPS)
-    return -(prob * torch.log2(prob + LOG_EPS)).sum(dim=(1, 2))  # (N,)
+    size = gray.shape[-1]
+    power = torch.fft.rfft2(gray).abs().square()  # (N, p, p // 2 + 1)
+    counts = torch.full((power.shape[-1],), 2.0, dtype=power.dtype, device=power.device)
+    counts[0] = 1.0  # the DC column has no mirror
+    if size % 2 == 0:
+        counts[-1] = 1.0  # nor has the Nyquist column of an even size
+    prob = power / ((power * counts).sum(dim=(1, 2), keepdim=True) + LOG_EPS)
+    return -(counts * prob * torch.log2(prob + LOG_EPS)).sum(dim=(1, 2))
+
+
+def spectral_entropy(patches: torch.Tensor) -> torch.Tensor:
+    """Spectral entropy of each patch's luma: (N, 3, p, p) in [0, 1] -> (N,)."""
+    return luma_entropy(luma(patches))
 
 
 def select_patch_indices(entropy: torch.Tensor, n_low: int, n_high: int) -> torch.Tensor:
@@ -92,13 +114,16 @@ def select_patches(
     With `shuffle`, the kept tiles are put in random order (a training augmentation, drawn from
     `generator` or torch's global generator); without it, the tile order is fixed.
     """
-    patches = extract_patches(_as_unit_float(image), config.patch_size)  # (N, 3, p, p)
-    keep = select_patch_indices(spectral_entropy(patches), config.n_low, config.n_high)
+    p = config.patch_size
+    rows, cols = _grid_shape(image, p)
+    # Entropy needs only the luma; the colour patches are gathered for the 49 kept ones alone.
+    gray = luma(_as_unit_float(image[:, : rows * p, : cols * p]))  # (rows*p, cols*p)
+    gray_patches = gray.reshape(rows, p, cols, p).permute(0, 2, 1, 3).reshape(-1, p, p)
+    keep = select_patch_indices(luma_entropy(gray_patches), config.n_low, config.n_high)
     if shuffle:
         keep = keep[torch.randperm(keep.numel(), generator=generator).to(keep.device)]
-    tiles = patches[keep]  # (49, 3, p, p)
-    grid = config.size // config.patch_size
-    p = config.patch_size
+    tiles = _as_unit_float(extract_patches(image, p)[keep])  # (49, 3, p, p)
+    grid = config.size // p
     tiles = tiles.reshape(grid, grid, 3, p, p).permute(2, 0, 3, 1, 4)  # (3, 7, p, 7, p)
     return tiles.reshape(3, grid * p, grid * p)
 

@@ -1,0 +1,72 @@
+"""The CLI frame: --version, --help without torch, python -m, and the one error idiom."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+import aidetect
+from aidetect.errors import AidetectError, WeightsError
+
+
+# The module, not the Typer object that aidetect.cli re-exports under the same name.
+app_module = importlib.import_module("aidetect.cli.app")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from aidetect.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "heavy = [m for m in ('torch', 'open_clip', 'numpy', 'PIL') if m in sys.modules]\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    result = _run("-c", code)
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+    assert "HEAVY=\n" in result.stdout
+
+
+def test_version_through_python_dash_m():
+    result = _run("-m", "aidetect", "--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"aidetect {aidetect.__version__}"
+
+
+def test_user_errors_are_one_line_with_their_exit_code(monkeypatch, capsys):
+    def failing_app(**kwargs):
+        raise WeightsError("no weights here: pass --weights PATH")
+
+    monkeypatch.setattr(app_module, "app", failing_app)
+    with pytest.raises(SystemExit) as exit_info:
+        app_module.main([])
+    assert exit_info.value.code == 4
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "aidetect: error: no weights here: pass --weights PATH\n"
+
+
+def test_debug_variable_shows_the_traceback(monkeypatch):
+    def failing_app(**kwargs):
+        raise AidetectError("boom", exit_code=3)
+
+    monkeypatch.setattr(app_module, "app", failing_app)
+    monkeypatch.setenv("AIDETECT_DEBUG", "1")
+    with pytest.raises(AidetectError, match="boom"):
+        app_module.main([])
+
+
+def test_unknown_command_is_a_usage_error():
+    result = _run("-m", "aidetect", "no-such-command")
+    assert result.returncode == 2
+    assert "no-such-command" in result.stderr
