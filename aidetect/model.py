@@ -79,6 +79,8 @@ def create_clip(
             load_weights=pretrained is not None,
             require_pretrained=pretrained is not None,
             force_quick_gelu=quick_gelu,
+            # Follows `with torch.device("meta")`, which skips random init before a full load.
+            device=torch.get_default_device(),
         )
 
 
@@ -271,17 +273,26 @@ class Detector(
                 token=token,
                 local_files_only=local_files_only,
             )
-        model = cls(**model_kwargs)
-        load_state(model, load_file(weights_file, device=str(map_location)), source=weights_file,
-                   strict=strict)
+        state = load_file(weights_file, device=str(map_location))
+        with torch.device("meta"):  # no random init of weights that are about to be replaced
+            model = cls(**model_kwargs)
+        load_state(model, state, source=weights_file, strict=strict, assign=True)
         return model.to(map_location).eval()
 
 
 def load_state(
-    model: nn.Module, state: dict[str, torch.Tensor], *, source: str, strict: bool = True
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    strict: bool = True,
+    assign: bool = False,
 ) -> None:
-    """`load_state_dict` whose mismatch errors name the file and the keys, in one line."""
-    result = model.load_state_dict(state, strict=False)
+    """`load_state_dict` whose mismatch errors name the file and the keys, in one line.
+
+    With `assign` (a model built on the meta device), every tensor must come from `state`.
+    """
+    result = model.load_state_dict(state, strict=False, assign=assign)
     problems = []
     if strict and result.missing_keys:
         problems.append(f"missing {len(result.missing_keys)} tensors (e.g. {result.missing_keys[0]})")
@@ -289,6 +300,10 @@ def load_state(
         problems.append(
             f"{len(result.unexpected_keys)} unexpected tensors (e.g. {result.unexpected_keys[0]})"
         )
+    if not problems and assign:
+        unset = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if unset:
+            problems.append(f"missing {len(unset)} tensors (e.g. {unset[0]})")
     if problems:
         raise WeightsError(f"{source}: weights do not match the detector's config: "
                            + "; ".join(problems))
