@@ -42,10 +42,11 @@ class LoRAAttention(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         weight = self.in_proj_weight
         for name in _QKV:
-            a = nn.Parameter(torch.empty(config.rank, dim, dtype=weight.dtype, device=weight.device))
+            factory = {"dtype": weight.dtype, "device": weight.device}
+            a = nn.Parameter(torch.empty(config.rank, dim, **factory))
             # A: kaiming-uniform (a = sqrt 5), B: zeros, so the update starts at exactly zero.
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-            b = nn.Parameter(torch.zeros(dim, config.rank, dtype=weight.dtype, device=weight.device))
+            b = nn.Parameter(torch.zeros(dim, config.rank, **factory))
             self.register_parameter(f"lora_{name}_A", a)  # (r, D)
             self.register_parameter(f"lora_{name}_B", b)  # (D, r)
 
@@ -153,7 +154,7 @@ def lora_disabled(module: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for layer, state in zip(layers, previous):
+        for layer, state in zip(layers, previous, strict=True):
             layer.enabled = state
 
 

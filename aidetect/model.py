@@ -295,7 +295,8 @@ def load_state(
     result = model.load_state_dict(state, strict=False, assign=assign)
     problems = []
     if strict and result.missing_keys:
-        problems.append(f"missing {len(result.missing_keys)} tensors (e.g. {result.missing_keys[0]})")
+        missing = result.missing_keys
+        problems.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
     if strict and result.unexpected_keys:
         problems.append(
             f"{len(result.unexpected_keys)} unexpected tensors (e.g. {result.unexpected_keys[0]})"

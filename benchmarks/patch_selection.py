@@ -63,8 +63,8 @@ def main() -> None:
         image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous()
         n_patches = (width // 32) * (height // 32)
-        batched = best_time(lambda: select_patches(tensor, DGS_PREPROCESS), args.repeats)
-        looped = best_time(lambda: loop_select(image), args.repeats)
+        batched = best_time(lambda t=tensor: select_patches(t, DGS_PREPROCESS), args.repeats)
+        looped = best_time(lambda i=image: loop_select(i), args.repeats)
         # Same selection from both (up to float32 vs float64 rounding of the entropies).
         got = select_patches(tensor, DGS_PREPROCESS).permute(1, 2, 0).numpy()
         same = np.abs(got - loop_select(image)).max() < 1e-6

@@ -11,7 +11,6 @@ import pytest
 import aidetect
 from aidetect.errors import AidetectError, WeightsError
 
-
 # The module, not the Typer object that aidetect.cli re-exports under the same name.
 app_module = importlib.import_module("aidetect.cli.app")
 

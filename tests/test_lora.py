@@ -81,7 +81,8 @@ def test_merge_equals_unmerged_in_eval(make_detector):
         detector.merge_lora()
         after = detector(_images())
     assert not detector.has_lora
-    assert all(isinstance(b.attn, nn.MultiheadAttention) for b in detector.visual.transformer.resblocks)
+    blocks = detector.visual.transformer.resblocks
+    assert all(isinstance(block.attn, nn.MultiheadAttention) for block in blocks)
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
     assert not any(p.requires_grad for p in detector.visual.parameters())
 

@@ -32,5 +32,7 @@ QuietOption = Annotated[
 ]
 OutputOption = Annotated[
     str | None,
-    typer.Option("--output", "-o", help="Write the report to this file (atomically) instead of stdout."),
+    typer.Option(
+        "--output", "-o", help="Write the report to this file (atomically) instead of stdout."
+    ),
 ]
