@@ -1,15 +1,37 @@
 """Resolving a weights reference to a loaded detector, with where it came from.
 
-A reference is a preset name, a local detector folder, or a Hub repository. Every command that
-takes `--weights` goes through `load_detector`.
+A reference is, in this order of resolution:
+1. `hf://owner/name[@revision]`: a Hugging Face Hub repository;
+2. a preset name from the registry (`aidetect.presets`; to load a local folder with the same
+   name, write `./name`);
+3. an existing local path: a detector folder (`config.json` + `model.safetensors`) or a single
+   `.safetensors` file whose metadata holds the config (`save_single_file` writes one);
+4. `owner/name[@revision]` that is not a local path: a Hub repository.
+
+Hub files go to huggingface_hub's standard cache (HF_HOME, HF_HUB_CACHE, HF_TOKEN, revision
+pinning); HF_HUB_OFFLINE is read when a reference is resolved. Every library exception a user
+can meet is mapped to a one-line `WeightsError` in `weights_errors`. Only safetensors are read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aidetect.errors import WeightsError
+
+HUB_SCHEME = "hf://"
+# The safetensors metadata key of a single-file detector: the JSON of `Detector.config`.
+SINGLE_FILE_CONFIG_KEY = "aidetect_config"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass
@@ -20,30 +42,446 @@ class LoadedDetector:
     reference: str  # what the user passed
     source: str  # "preset", "folder", "file" or "hub"
     path: str  # the local folder or file the weights were read from
-    sha256: str  # of the weights file
+    sha256: str  # of the weights file (for a preset: of its head file)
     revision: str | None = None  # the resolved Hub commit, for Hub references
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """A parsed reference: what kind it is and where its files are looked for."""
+
+    kind: str  # "preset", "folder", "file" or "hub"
+    target: str  # preset name, local path, or Hub repository id
+    revision: str | None = None  # Hub only: a branch, tag or commit
+    explicit_hub: bool = False  # written as hf://
+
+
+# --- resolution --------------------------------------------------------------------------------
+def parse_reference(reference: str) -> WeightsRef:
+    """Classify `reference` without loading anything (see the module docstring for the order)."""
+    from aidetect.presets import load_presets
+
+    if not reference.strip():
+        raise WeightsError("empty --weights: pass a preset name, a path or hf://owner/name")
+    if reference.startswith(HUB_SCHEME):
+        repo_id, revision = _split_revision(reference[len(HUB_SCHEME):])
+        if not _REPO_ID.match(repo_id):
+            raise WeightsError(f"{reference}: not a Hub repository; write hf://owner/name"
+                               "[@revision]")
+        return WeightsRef("hub", repo_id, revision, explicit_hub=True)
+    if reference in load_presets():
+        return WeightsRef("preset", reference)
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        return WeightsRef("folder", str(path))
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise WeightsError(
+                f"{reference}: only .safetensors weights are loaded; convert a PyTorch "
+                f"checkpoint first: aidetect convert {reference} --out DIR"
+            )
+        return WeightsRef("file", str(path))
+    repo_id, revision = _split_revision(reference)
+    if _REPO_ID.match(repo_id) and not reference.startswith((".", "/", "~")):
+        return WeightsRef("hub", repo_id, revision)
+    if not any(c in reference for c in "/.\\" + os.sep):  # a bare name: meant as a preset
+        from aidetect.presets import get_preset
+
+        get_preset(reference)  # raises, listing the presets
+    raise WeightsError(f"{reference}: no such file or folder")
+
+
+def _split_revision(text: str) -> tuple[str, str | None]:
+    repo_id, at, revision = text.partition("@")
+    if at and not revision:
+        raise WeightsError(f"{text}: empty revision after '@'")
+    return repo_id, (revision or None)
 
 
 def load_detector(reference: str, *, device: str = "cpu") -> LoadedDetector:
     """Load the detector named by `reference` onto `device`, or raise `WeightsError`."""
-    from aidetect.model import WEIGHTS_NAME, Detector
+    ref = parse_reference(reference)
+    with weights_errors(reference, hub=ref.kind == "hub"):
+        if ref.kind == "preset":
+            return _load_preset(reference, device=device)
+        if ref.kind == "folder":
+            detector = _load_folder(Path(ref.target), device=device)
+            return LoadedDetector(detector, reference, "folder", ref.target,
+                                  file_sha256(Path(ref.target) / _weights_name()))
+        if ref.kind == "file":
+            detector = load_single_file(ref.target, device=device)
+            return LoadedDetector(detector, reference, "file", ref.target,
+                                  file_sha256(ref.target))
+        snapshot, commit = fetch_hub_detector(ref.target, revision=ref.revision)
+        detector = _load_folder(snapshot, device=device)
+        return LoadedDetector(detector, reference, "hub", str(snapshot),
+                              file_sha256(snapshot / _weights_name()), revision=commit)
 
-    folder = Path(reference).expanduser()
-    if not folder.is_dir():
-        raise WeightsError(f"{reference}: no such detector folder")
-    detector = Detector.from_pretrained(str(folder), map_location=str(device))
-    return LoadedDetector(
-        detector=detector,
-        reference=reference,
-        source="folder",
-        path=str(folder),
-        sha256=file_sha256(folder / WEIGHTS_NAME),
-    )
+
+def _weights_name() -> str:
+    from aidetect.model import WEIGHTS_NAME
+
+    return WEIGHTS_NAME
+
+
+# --- local folders and single files ------------------------------------------------------------
+def _check_config(config: dict[str, Any], source: str) -> None:
+    """Refuse configs that are not a detector's, or come from a newer aidetect, in one line."""
+    from aidetect import __version__
+    from aidetect.model import FORMAT_VERSION
+
+    if not isinstance(config, dict) or "backbone" not in config:
+        raise WeightsError(f"{source}: not an aidetect detector config (no 'backbone')")
+    version = config.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise WeightsError(
+            f"{source}: saved by a newer aidetect ({config.get('aidetect_version', '?')}, "
+            f"format {version}; this aidetect {__version__} reads up to {FORMAT_VERSION}): "
+            "upgrade aidetect (pip install -U aidetect)"
+        )
+
+
+def _load_folder(folder: Path, *, device: str):
+    """A detector folder; a head-only one (`pretrained` set in its config) builds its image tower
+    from that open_clip tag and reads only the head from model.safetensors."""
+    from aidetect.model import CONFIG_NAME, WEIGHTS_NAME, Detector, read_config
+
+    config = read_config(folder)
+    _check_config(config, str(folder / CONFIG_NAME))
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise WeightsError(f"{folder}: no {WEIGHTS_NAME} in this detector folder (only "
+                           "safetensors weights are loaded)")
+    if config.get("pretrained"):
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights))
+        if set(state) != {"head.weight", "head.bias"}:
+            raise WeightsError(f"{weights}: a head-only detector (pretrained "
+                               f"{config['pretrained']!r} in {CONFIG_NAME}) holds head.weight "
+                               f"and head.bias only, not {len(state)} tensors")
+        head = {k.removeprefix("head."): v for k, v in state.items()}
+        return build_on_tag(config, head, source=str(weights), reference=str(folder),
+                            device=device)
+    return Detector.from_pretrained(str(folder), map_location=str(device))
+
+
+def build_on_tag(config: dict[str, Any], head: dict, *, source: str, reference: str,
+                 device: str = "cpu"):
+    """A detector whose image tower comes from an open_clip tag and whose head is `head`.
+
+    The `univfd` preset and head-only folders load this way. Offline, a tag that is not cached
+    fails at once instead of attempting a download.
+    """
+    import inspect
+
+    from aidetect.model import Detector, load_state
+
+    accepted = inspect.signature(Detector.__init__).parameters
+    kwargs = {key: value for key, value in config.items() if key in accepted}
+    _require_cached_backbone(kwargs["backbone"], kwargs["pretrained"], reference)
+    try:
+        with _quiet_open_clip():
+            detector = Detector(**kwargs)
+    except RuntimeError as error:  # open_clip's error for a failed download or a bad tag
+        raise WeightsError(
+            f"{reference}: cannot get the {kwargs['backbone']} '{kwargs['pretrained']}' weights "
+            f"({_first_line(error)}): {offline_fix()}"
+        ) from error
+    load_state(detector.head, head, source=source)
+    return detector.to(device).eval()
+
+
+def read_single_file_config(path: str | Path) -> dict[str, Any]:
+    """The detector config stored in a single `.safetensors` file's metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if SINGLE_FILE_CONFIG_KEY not in metadata:
+        raise WeightsError(
+            f"{path}: a .safetensors file without a detector config in its metadata; pass a "
+            "detector folder, or write one with `aidetect convert ... --single-file`"
+        )
+    try:
+        config = json.loads(metadata[SINGLE_FILE_CONFIG_KEY])
+    except json.JSONDecodeError as error:
+        raise WeightsError(f"{path}: its {SINGLE_FILE_CONFIG_KEY} metadata is not valid JSON "
+                           f"({error})") from None
+    _check_config(config, str(path))
+    return config
+
+
+def load_single_file(path: str | Path, *, device: str = "cpu"):
+    """A detector from one `.safetensors` file (config in its metadata), strictly loaded."""
+    from safetensors.torch import load_file
+
+    config = read_single_file_config(path)
+    state = load_file(str(path), device=str(device))
+    return detector_from_state(config, state, source=str(path), device=device)
+
+
+def detector_from_state(config: dict[str, Any], state: dict, *, source: str, device: str = "cpu"):
+    """Build a detector from its saved config and full state dict, every tensor accounted for."""
+    import inspect
+
+    import torch
+
+    from aidetect.model import Detector, load_state
+
+    _check_config(config, source)
+    accepted = inspect.signature(Detector.__init__).parameters
+    kwargs = {key: value for key, value in config.items() if key in accepted}
+    kwargs["pretrained"] = None  # the state dict holds every weight
+    with torch.device("meta"):  # no random init of weights that are about to be replaced
+        detector = Detector(**kwargs)
+    load_state(detector, state, source=source, strict=True, assign=True)
+    return detector.to(device).eval()
+
+
+def save_single_file(detector: Any, path: str | Path) -> Path:
+    """Write `detector` as one `.safetensors` file with its config in the metadata, atomically."""
+    from safetensors.torch import save
+
+    from aidetect.atomic import atomic_write_bytes
+
+    target = Path(path)
+    if target.suffix != ".safetensors":
+        raise WeightsError(f"{target}: a single-file detector must end in .safetensors")
+    state = {k: v.detach().contiguous().cpu() for k, v in detector.state_dict().items()}
+    metadata = {"format": "pt", SINGLE_FILE_CONFIG_KEY: json.dumps(detector.config)}
+    atomic_write_bytes(target, save(state, metadata=metadata))
+    return target
+
+
+# --- presets -----------------------------------------------------------------------------------
+def _load_preset(reference: str, *, device: str) -> LoadedDetector:
+    from safetensors.torch import load_file
+
+    from aidetect.presets import get_preset
+
+    preset = get_preset(reference)
+    if not preset.head_path.is_file():
+        raise WeightsError(f"preset {preset.name}: its head file {preset.head_path} is missing; "
+                           "reinstall aidetect")
+    digest = file_sha256(preset.head_path)
+    if digest != preset.head_sha256:
+        raise WeightsError(f"preset {preset.name}: {preset.head_path} does not match the "
+                           f"registry (sha256 {digest[:12]}, expected {preset.head_sha256[:12]}); "
+                           "reinstall aidetect")
+    config = {"backbone": preset.backbone, "pretrained": preset.pretrained,
+              "preprocess": preset.preprocess, "threshold": preset.threshold}
+    detector = build_on_tag(config, load_file(str(preset.head_path)),
+                            source=str(preset.head_path), reference=reference, device=device)
+    return LoadedDetector(detector, reference, "preset", str(preset.head_path), digest)
+
+
+def _require_cached_backbone(backbone: str, pretrained: str, reference: str) -> None:
+    """Offline, fail at once (no download attempt) when open_clip's weights are not cached."""
+    import open_clip
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    if not hub_offline():
+        return
+    tag_cfg = open_clip.get_pretrained_cfg(backbone, pretrained) or {}
+    repo_id, filename = os.path.split(tag_cfg.get("hf_hub", ""))  # open_clip's own parsing
+    if not repo_id:
+        return  # not a Hub-hosted tag: open_clip raises its own error, mapped by the caller
+    names = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+    cache = hub_cache_dir()
+    if not any(isinstance(try_to_load_from_cache(repo_id, n, cache_dir=cache), str)
+               for n in names):
+        raise WeightsError(
+            f"{reference}: the {backbone} '{pretrained}' weights ({repo_id}) are not in the "
+            f"Hugging Face cache ({cache}): {offline_fix()}"
+        )
+
+
+@contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    # open_clip logs download failures on the root logger before raising; the raised error
+    # becomes our one-line message, so the log line would only repeat it.
+    import logging
+
+    def drop(record: logging.LogRecord) -> bool:
+        return "open_clip" not in record.pathname
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+# --- the Hub -----------------------------------------------------------------------------------
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return value.upper() in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_cache_dir() -> str:
+    """The Hub cache folder as HF_HUB_CACHE / HF_HOME say now."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def offline_fix() -> str:
+    """The fix for 'no network and nothing cached', naming HF_HUB_OFFLINE when it is set."""
+    fix = "run once online, or pass --weights PATH"
+    return fix + ("; HF_HUB_OFFLINE is set" if hub_offline() else "")
+
+
+def fetch_hub_detector(repo_id: str, *, revision: str | None = None) -> tuple[Path, str | None]:
+    """Download (or find in the cache) a detector repository's config and weights.
+
+    Returns the snapshot folder and its commit. The weights are fetched at the commit the
+    config resolved to, so both files come from the same commit even if a branch moves.
+    """
+    from huggingface_hub import hf_hub_download
+
+    from aidetect.model import CONFIG_NAME, WEIGHTS_NAME
+
+    common = {"cache_dir": hub_cache_dir(), "local_files_only": hub_offline()}
+    config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, **common))
+    snapshot = config_file.parent
+    commit = snapshot.name if _COMMIT.match(snapshot.name) else None
+    hf_hub_download(repo_id, WEIGHTS_NAME, revision=commit or revision, **common)
+    return snapshot, commit
+
+
+@dataclass(frozen=True)
+class CachedDetector:
+    """An aidetect detector found in the Hugging Face cache."""
+
+    repo_id: str
+    commit: str
+    refs: tuple[str, ...]  # branches/tags pointing at this commit
+    backbone: str
+    path: str  # the snapshot folder
+    size_on_disk: int
+
+
+def cached_detectors() -> list[CachedDetector]:
+    """Every revision in the Hub cache whose config.json is an aidetect detector's."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    from aidetect.model import CONFIG_NAME, WEIGHTS_NAME
+
+    try:
+        info = scan_cache_dir(hub_cache_dir())
+    except CacheNotFound:
+        return []
+    found = []
+    for repo in info.repos:
+        if repo.repo_type != "model":
+            continue
+        for revision in repo.revisions:
+            snapshot = Path(revision.snapshot_path)
+            try:
+                config = json.loads((snapshot / CONFIG_NAME).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                continue  # not every cached repository is a detector
+            if not (isinstance(config, dict) and "aidetect_version" in config
+                    and (snapshot / WEIGHTS_NAME).is_file()):
+                continue
+            found.append(CachedDetector(
+                repo_id=repo.repo_id, commit=revision.commit_hash,
+                refs=tuple(sorted(revision.refs)), backbone=str(config.get("backbone")),
+                path=str(snapshot), size_on_disk=revision.size_on_disk,
+            ))
+    return sorted(found, key=lambda c: (c.repo_id, c.commit))
+
+
+def push_detector(folder: str | Path, repo_id: str, *, private: bool = False,
+                  token: str | None = None, commit_message: str | None = None) -> str:
+    """Upload a detector folder to the Hub with the mixin's `push_to_hub`; returns the commit URL.
+
+    The folder must load as a detector (refused with a `WeightsError` otherwise). Its own
+    README.md model card is kept; without one, the mixin writes its card.
+    """
+    from aidetect.model import CONFIG_NAME, WEIGHTS_NAME
+
+    source = Path(folder).expanduser()
+    if not source.is_dir():
+        raise WeightsError(f"{folder}: not a folder; push takes a detector folder "
+                           f"({CONFIG_NAME} + {WEIGHTS_NAME})")
+    if not _REPO_ID.match(repo_id):
+        raise WeightsError(f"{repo_id}: not a Hub repository id; write owner/name")
+    with weights_errors(str(folder)):
+        detector = _load_folder(source, device="cpu")
+    card = source / "README.md"
+    card_kwargs = {"card_text": card.read_text(encoding="utf-8")} if card.is_file() else None
+    with weights_errors(repo_id, hub=True):
+        result = detector.push_to_hub(
+            repo_id, private=private, token=token, model_card_kwargs=card_kwargs,
+            commit_message=commit_message or f"Upload detector {source.name} with aidetect",
+        )
+    return str(result)
+
+
+# --- errors ------------------------------------------------------------------------------------
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    return line if len(line) <= 240 else line[:237] + "..."
+
+
+@contextmanager
+def weights_errors(reference: str, *, hub: bool = False) -> Iterator[None]:
+    """Map the exceptions of huggingface_hub, safetensors, open_clip and a detector's config to
+    one-line `WeightsError`s naming `reference` and the fix. The one place that does it."""
+    from huggingface_hub import errors as hf
+    from safetensors import SafetensorError
+
+    plain = f" (no local folder {reference} either)" if hub and "://" not in reference else ""
+    try:
+        yield
+    except WeightsError:
+        raise
+    except hf.GatedRepoError:
+        raise WeightsError(f"{reference}: a gated repository; accept its terms on "
+                           "huggingface.co, then set HF_TOKEN or run `hf auth login`") from None
+    except hf.RepositoryNotFoundError:
+        raise WeightsError(f"{reference}: no such Hub repository{plain}, or it is private (set "
+                           "HF_TOKEN)") from None
+    except hf.RevisionNotFoundError:
+        raise WeightsError(f"{reference}: no such revision on the Hub") from None
+    except hf.LocalEntryNotFoundError:
+        raise WeightsError(f"{reference}: not in the Hugging Face cache ({hub_cache_dir()}) and "
+                           f"the Hub cannot be reached{plain}: {offline_fix()}") from None
+    except hf.OfflineModeIsEnabled:
+        raise WeightsError(f"{reference}: needs the Hub: {offline_fix()}") from None
+    except hf.EntryNotFoundError as error:
+        raise WeightsError(f"{reference}: not a detector repository ({_first_line(error)}); it "
+                           "needs config.json and model.safetensors") from None
+    except hf.HfHubHTTPError as error:
+        raise WeightsError(f"{reference}: the Hub refused: {_first_line(error)}") from None
+    except hf.HFValidationError as error:
+        raise WeightsError(f"{reference}: not a Hub repository id ({_first_line(error)})") from None
+    except SafetensorError as error:
+        raise WeightsError(f"{reference}: not a valid safetensors file "
+                           f"({_first_line(error)})") from None
+    except (ValueError, RuntimeError) as error:
+        # A config the detector cannot be built from (bad preprocessing, an unknown backbone,
+        # tensor shapes that differ from the config): say which and stop. Chained, so that
+        # AIDETECT_DEBUG=1 still shows where it came from.
+        raise WeightsError(f"{reference}: cannot build the detector ({_first_line(error)})") \
+            from error
 
 
 def file_sha256(path: str | Path) -> str:
-    import hashlib
-
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -8,6 +8,7 @@ LoRA switched off, plus a frozen probe head, so no second copy of CLIP is held.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -103,6 +104,38 @@ def _quiet_random_init() -> Iterator[None]:
         root.removeFilter(notice_filter)
 
 
+def resolve_model_cfg(backbone: str) -> dict[str, Any] | None:
+    """open_clip's architecture config for `backbone` (built-in, `local-dir:`, or `hf-hub:`).
+
+    A saved detector embeds it, so that the folder rebuilds its image tower offline on any
+    machine, whatever open_clip has registered there (dgs-net.md, issue 3).
+    """
+    import open_clip
+
+    name = backbone if has_schema(backbone) else backbone.replace("/", "-")
+    model_cfg = open_clip.get_model_config(name)
+    return copy.deepcopy(model_cfg) if model_cfg is not None else None
+
+
+def build_visual(model_cfg: dict[str, Any], *, quick_gelu: bool | None = None) -> nn.Module:
+    """An open_clip image tower built from an architecture config alone: no weights, no text tower.
+
+    The same call open_clip's `CLIP.__init__` makes for its `visual`, so the state-dict keys are
+    those of `create_clip(...).visual`.
+    """
+    from open_clip.model import _build_vision_tower
+
+    if "vision_cfg" not in model_cfg or "embed_dim" not in model_cfg:
+        raise ValueError("model_cfg needs 'embed_dim' and 'vision_cfg' (open_clip's layout)")
+    vision_cfg = dict(model_cfg["vision_cfg"])
+    if "timm_model_name" in vision_cfg:
+        vision_cfg["timm_model_pretrained"] = False  # the weights come from the state dict
+    if quick_gelu is None:
+        quick_gelu = bool(model_cfg.get("quick_gelu", False))
+    visual = _build_vision_tower(int(model_cfg["embed_dim"]), vision_cfg, quick_gelu, None)
+    return visual.to(torch.get_default_device())
+
+
 def uses_quick_gelu(module: nn.Module) -> bool:
     from open_clip.transformer import QuickGELU
 
@@ -131,6 +164,9 @@ class Detector(
         base_pretrained: where the image tower's weights came from originally (provenance, and
             the text tower to use for captions); defaults to `pretrained`.
         format_version: the saved-detector layout version.
+        model_cfg: open_clip's architecture config (`embed_dim`, `vision_cfg`, `quick_gelu`);
+            when given, the image tower is built from it alone (`pretrained` must be None) and
+            `backbone` is only a label. Saved detectors embed it, so they load offline anywhere.
     """
 
     def __init__(
@@ -146,6 +182,7 @@ class Detector(
         threshold: float = DEFAULT_THRESHOLD,
         base_pretrained: str | None = None,
         format_version: int = FORMAT_VERSION,
+        model_cfg: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if format_version > FORMAT_VERSION:
@@ -155,12 +192,23 @@ class Detector(
             )
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-        clip = create_clip(backbone, pretrained, quick_gelu=quick_gelu)
-        self.visual = clip.visual  # the text tower is dropped: a detector scans images only
-        del clip
+        if model_cfg is not None:
+            if pretrained is not None:
+                raise ValueError("model_cfg builds an image tower without weights: pass "
+                                 "pretrained=None and load a state dict")
+            self.visual = build_visual(model_cfg, quick_gelu=quick_gelu)
+            model_cfg = copy.deepcopy(model_cfg)
+        else:
+            clip = create_clip(backbone, pretrained, quick_gelu=quick_gelu)
+            self.visual = clip.visual  # the text tower is dropped: a detector scans images only
+            del clip
+            model_cfg = resolve_model_cfg(backbone)
         self.backbone = backbone
         self.base_pretrained = base_pretrained if base_pretrained is not None else pretrained
         self.quick_gelu = uses_quick_gelu(self.visual)
+        if model_cfg is not None:
+            model_cfg["quick_gelu"] = self.quick_gelu  # what was built, whatever the name said
+        self.model_cfg = model_cfg
         self.embed_dim = int(self.visual.output_dim)
         self.preprocess_config = (
             PreprocessConfig.from_dict(preprocess) if preprocess else PreprocessConfig()
@@ -222,6 +270,9 @@ class Detector(
             "lora_dropout": lora.dropout,
             "preprocess": self.preprocess_config.to_dict(),
             "threshold": self.threshold,
+            # The architecture itself, so that loading needs neither the backbone's registry
+            # entry nor its files (`hf-hub:` / `local-dir:` names): see `build_visual`.
+            "model_cfg": self.model_cfg,
         }
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> str | None:
@@ -237,6 +288,14 @@ class Detector(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return result
+
+    def generate_model_card(self, *args: Any, **kwargs: Any):
+        """The mixin's card, or `card_text` kept byte for byte (a folder's own README.md, on
+        push); `ModelCard` would re-serialise it with a metadata block."""
+        card_text = kwargs.pop("card_text", None)
+        if card_text is not None:
+            return _VerbatimCard(card_text)
+        return super().generate_model_card(*args, **kwargs)
 
     @classmethod
     def _from_pretrained(
@@ -273,11 +332,25 @@ class Detector(
                 token=token,
                 local_files_only=local_files_only,
             )
-        state = load_file(weights_file, device=str(map_location))
+        # Copied out of the memory map: safetensors' offsets leave tensors unaligned, and BLAS
+        # then takes other code paths whose results differ in the last bits.
+        state = {k: v.clone() for k, v in load_file(weights_file, device=str(map_location)).items()}
         with torch.device("meta"):  # no random init of weights that are about to be replaced
             model = cls(**model_kwargs)
         load_state(model, state, source=weights_file, strict=strict, assign=True)
         return model.to(map_location).eval()
+
+
+class _VerbatimCard:
+    """What the mixin needs of a model card (`save`), writing the given text unchanged."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def save(self, path: str | Path) -> None:
+        from aidetect.atomic import atomic_write_text
+
+        atomic_write_text(path, self.text)
 
 
 def load_state(

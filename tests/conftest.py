@@ -102,3 +102,74 @@ def image_folder(tmp_path: Path) -> Path:
     random_image(320, 240, seed=2).save(folder / "b.jpg", quality=90)
     random_image(300, 300, seed=3).save(folder / "c.webp")
     return folder
+
+
+def labelled_image(kind: str, seed: int, size: int = 64) -> Image.Image:
+    """A 'real' image (a smooth colour gradient) or a 'fake' one (the same kind of gradient
+    with a bright grid every 4 px on top, like a generator's upsampling artefacts)."""
+    rng = np.random.default_rng(seed)
+    angle = rng.uniform(0, 2 * np.pi)
+    y, x = np.mgrid[0:size, 0:size]
+    ramp = (np.cos(angle) * x + np.sin(angle) * y) / size  # (size, size)
+    colours = rng.uniform(40, 215, (2, 3))
+    array = colours[0] + (colours[1] - colours[0]) * ramp[..., None]
+    if kind == "fake":
+        array = array + 60.0 * ((x % 4 == 0) | (y % 4 == 0))[..., None]
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "RGB")
+
+
+def write_labelled_folder(
+    root: Path, n: int = 8, classes=None, size: int = 64, seed: int = 0
+) -> Path:
+    """A training/benchmark layout of generated images: n real and n fake PNGs under
+    root/0_real and root/1_fake, or under root/<class>/... for each class."""
+    groups = [root / c for c in classes] if classes else [root]
+    for g, group in enumerate(groups):
+        for kind, folder in (("real", "0_real"), ("fake", "1_fake")):
+            (group / folder).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                key = seed * 100_003 + g * 1009 + i * 2 + (kind == "fake")
+                labelled_image(kind, key, size).save(group / folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def make_labelled_folder():
+    """Factory: `write_labelled_folder` (a layout of generated real and fake images)."""
+    return write_labelled_folder
+
+
+def write_hub_cache(cache: Path, repo_id: str, folder: Path, *, commit: str,
+                    ref: str | None = "main") -> Path:
+    """Lay out `folder`'s files as huggingface_hub caches a download of `repo_id` at `commit`.
+
+    `models--owner--name/blobs/<sha256>`, `snapshots/<commit>/<file>` as relative symlinks to
+    the blobs, and `refs/<ref>` holding the commit. Returns the snapshot folder.
+    """
+    import hashlib
+    import shutil
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / commit
+    blobs.mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for item in sorted(folder.iterdir()):
+        blob = blobs / hashlib.sha256(item.read_bytes()).hexdigest()
+        shutil.copyfile(item, blob)
+        link = snapshot / item.name
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(blob, snapshot))
+    if ref:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache folder, set as HF_HUB_CACHE, with HF_HUB_OFFLINE=1."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache

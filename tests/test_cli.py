@@ -13,6 +13,8 @@ from aidetect.errors import AidetectError, WeightsError
 
 # The module, not the Typer object that aidetect.cli re-exports under the same name.
 app_module = importlib.import_module("aidetect.cli.app")
+# Register the commands now, so that patching `app` below does not reach the command modules.
+app_module._register_commands()
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,220 @@
+"""Evaluation over benchmark subsets, robustness perturbations, calibration (dgs-net.md §5).
+
+`evaluate` scores every subset of a benchmark folder and returns an `EvalReport`: acc, AP,
+r_acc and f_acc per subset at the detector's threshold, their means, and the thresholds that
+would flag 1% and 5% of the real images seen. `write_threshold` stores a calibrated threshold
+in a local detector folder, so that `scan` uses it by default. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aidetect.dataset import Failure, ImageDataset, find_subsets, make_loader
+from aidetect.errors import UsageError
+from aidetect.metrics import (
+    CALIBRATION_FPRS,
+    Calibration,
+    Scores,
+    calibrate,
+    mean_scores,
+    score_table,
+)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """`images` more images of subset `subset` were scored (of `total` in it)."""
+
+    subset: str
+    images: int
+    total: int
+
+
+@dataclass
+class Predictions:
+    labels: np.ndarray  # (N,) of the images that were scored
+    scores: np.ndarray  # (N,) probabilities of being AI-generated
+    failures: list[Failure] = field(default_factory=list)
+
+
+def out_of_memory_error(batch_size: int) -> UsageError:
+    smaller = max(1, batch_size // 2)
+    return UsageError(
+        f"the GPU ran out of memory with --batch-size {batch_size}: try a smaller one "
+        f"(e.g. --batch-size {smaller})"
+    )
+
+
+@torch.no_grad()
+def predict(
+    detector: torch.nn.Module,
+    dataset: ImageDataset,
+    *,
+    device: torch.device,
+    batch_size: int,
+    workers: int = 0,
+    indices: Sequence[int] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Predictions:
+    """Probabilities for the images of `dataset` (or its `indices`); bad files are set aside."""
+    order = list(range(len(dataset))) if indices is None else list(indices)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    labels, scores, failures = [], [], []
+    was_training = detector.training
+    detector.eval()
+    try:
+        pin = torch.device(device).type == "cuda"
+        for batch in make_loader(dataset, batches, workers=workers, pin_memory=pin):
+            failures += batch.failures
+            if len(batch):
+                try:
+                    logits = detector(batch.images.to(device, non_blocking=True))
+                except torch.OutOfMemoryError:
+                    raise out_of_memory_error(batch_size) from None
+                scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+                labels.append(batch.labels.numpy().astype(np.int64))
+            if on_batch is not None:
+                on_batch(len(batch) + len(batch.failures))
+    finally:
+        detector.train(was_training)
+    return Predictions(
+        labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
+        scores=np.concatenate(scores).astype(np.float64) if scores else np.zeros(0),
+        failures=failures,
+    )
+
+
+@dataclass(frozen=True)
+class SubsetResult:
+    name: str
+    scores: Scores
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.scores.to_dict()}
+
+
+@dataclass
+class EvalReport:
+    """What `eval` found: per-subset tables, their mean, calibration thresholds, bad files."""
+
+    subsets: list[SubsetResult]
+    mean: dict[str, float]
+    threshold: float
+    calibration: list[Calibration]
+    failures: list[Failure]
+    jpeg_quality: int | None = None
+    blur_sigma: float | None = None
+
+    def to_dict(self, model: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The JSON report: metrics as fractions in [0, 1]; NaN (undefined) as null."""
+        from aidetect import __version__
+
+        return _finite(
+            {
+                "aidetect_version": __version__,
+                "model": model or {},
+                "threshold": self.threshold,
+                "perturbation": {"jpeg_quality": self.jpeg_quality, "blur_sigma": self.blur_sigma},
+                "subsets": [s.to_dict() for s in self.subsets],
+                "mean": self.mean,
+                "calibration": [c.to_dict() for c in self.calibration],
+                "skipped": [{"path": f.path, "reason": f.reason} for f in self.failures],
+            }
+        )
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def evaluate(
+    detector: torch.nn.Module,
+    bench: str | Path,
+    *,
+    device: torch.device,
+    batch_size: int = 32,
+    workers: int = 0,
+    jpeg_quality: int | None = None,
+    blur_sigma: float | None = None,
+    fprs: Sequence[float] = CALIBRATION_FPRS,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> EvalReport:
+    """Score every subset of `bench` with `detector` at its threshold.
+
+    Raises `UsageError` when the folder holds no subset, or a subset lacks real or fake images.
+    """
+    if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
+        raise UsageError(f"--jpeg-quality must be in 1..100, got {jpeg_quality}")
+    if blur_sigma is not None and blur_sigma < 0:
+        raise UsageError(f"--blur-sigma must be >= 0, got {blur_sigma}")
+    threshold = float(detector.threshold)
+    results, failures, all_labels, all_scores = [], [], [], []
+    for name, image_set in find_subsets(bench):
+        dataset = ImageDataset(
+            image_set.paths,
+            image_set.labels,
+            preprocess=detector.preprocess_config,
+            jpeg_quality=jpeg_quality,
+            blur_sigma=blur_sigma,
+        )
+        total = len(dataset)
+
+        def report(count: int, name: str = name, total: int = total) -> None:
+            if on_progress is not None:
+                on_progress(Progress(subset=name, images=count, total=total))
+
+        found = predict(
+            detector, dataset, device=device, batch_size=batch_size, workers=workers,
+            on_batch=report,
+        )
+        failures += found.failures
+        for label, kind in ((0, "real"), (1, "AI-generated")):
+            if not (found.labels == label).any():
+                raise UsageError(
+                    f"subset {name}: no readable {kind} image left "
+                    f"({len(found.failures)} of {total} files unreadable)"
+                )
+        results.append(SubsetResult(name, score_table(found.labels, found.scores, threshold)))
+        all_labels.append(found.labels)
+        all_scores.append(found.scores)
+    labels, scores = np.concatenate(all_labels), np.concatenate(all_scores)
+    return EvalReport(
+        subsets=results,
+        mean=mean_scores([r.scores for r in results]),
+        threshold=threshold,
+        calibration=calibrate(labels, scores, fprs),
+        failures=failures,
+        jpeg_quality=jpeg_quality,
+        blur_sigma=blur_sigma,
+    )
+
+
+def write_threshold(folder: str | Path, threshold: float, *, fpr: float,
+                    calibration: Calibration | None = None, data: str | None = None) -> None:
+    """Store `threshold` in a local detector folder's config.json and model card, atomically."""
+    from aidetect.atomic import atomic_write_text
+    from aidetect.card import update_threshold
+    from aidetect.model import CONFIG_NAME, read_config
+
+    folder = Path(folder)
+    if not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"threshold {threshold} is not a probability")
+    config = read_config(folder)
+    config["threshold"] = float(threshold)
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    update_threshold(folder, threshold=threshold, fpr=fpr, calibration=calibration, data=data)

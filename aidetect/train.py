@@ -1,0 +1,799 @@
+"""Training: DGS-Net's stage 1 (linear probe) and stage 2 (LoRA + gradient surgery), finetune.
+
+dgs-net.md section 3 is the recipe. `run_training` trains a detector into a folder that `scan`,
+`eval`, `finetune` and the Hub accept as is (config.json, model.safetensors with LoRA merged,
+README.md); the training state lives beside it in `OUT/train/` (checkpoint.pt, metrics.jsonl).
+
+Exact resume. Each epoch visits the data in a permutation seeded by (seed, stage, epoch), and
+every random choice of an image is keyed by (seed, stage, epoch, index) (see dataset.py), so
+the position in the data order is two integers. A checkpoint (written atomically every
+`save_every` steps and at each epoch end) holds the trainable tensors, the optimiser, the RNG
+states of every rank and that position; resuming rebuilds the frozen parts the way a fresh run
+does, restores the rest, and skips the consumed batches without replaying them. On CPU the
+resumed run ends with the same weights, bit for bit, as an uninterrupted one.
+
+Data parallelism (torchrun). `--batch-size` is the global batch: every rank computes the same
+permutation and takes a rank-strided slice of each global batch. Each rank weighs its loss by
+its share of the batch's images, and the gradients are summed across ranks, which reproduces
+the single-process gradient of the whole batch. L_align carries the batch size twice (the
+mean, and the 1/B inside g_T), so its weight is scaled by the share as well.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aidetect.config import (
+    DEFAULT_BACKBONE,
+    DEFAULT_PRETRAINED,
+    DEFAULT_THRESHOLD,
+    LoraConfig,
+    TrainConfig,
+)
+from aidetect.dataset import (
+    Augment,
+    Batch,
+    ImageDataset,
+    ImageSet,
+    epoch_order,
+    find_images,
+    make_loader,
+    resolve_captions,
+)
+from aidetect.errors import UsageError
+from aidetect.evaluate import out_of_memory_error, predict
+from aidetect.lora import lora_parameters
+from aidetect.metrics import score_table
+
+CHECKPOINT_FORMAT = 1
+STATE_DIR = "train"  # OUT/train/: checkpoint.pt and metrics.jsonl, next to the detector files
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+# --- what to train ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainJob:
+    """A training run. `weights` set: finetune that detector (stage 2 only).
+
+    Args:
+        data: the training folder (DATA/0_real, DATA/1_fake, or DATA/<class>/...).
+        out: the run and detector folder.
+        config: the recipe (paper defaults).
+        backbone, pretrained: the open_clip image tower (train only); pretrained None is random.
+        weights: a weights reference to start from (finetune).
+        classes: class folders to use (all by default).
+        captions: a JSON file mapping image paths (relative to `data`) to captions.
+        val: a validation folder, evaluated after each epoch.
+        device: auto, cpu, cuda or cuda:N (under torchrun, each rank takes cuda:LOCAL_RANK).
+        workers: DataLoader worker processes per rank.
+        save_every: steps between checkpoints (0: epoch ends only).
+        resume: continue from OUT/train/checkpoint.pt.
+    """
+
+    data: Path
+    out: Path
+    config: TrainConfig = field(default_factory=TrainConfig)
+    backbone: str = DEFAULT_BACKBONE
+    pretrained: str | None = DEFAULT_PRETRAINED
+    weights: str | None = None
+    classes: tuple[str, ...] | None = None
+    captions: Path | None = None
+    val: Path | None = None
+    device: str = "auto"
+    workers: int = 4
+    save_every: int = 500
+    resume: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "finetune" if self.weights is not None else "train"
+
+
+# --- events for the CLI (the engine never prints) --------------------------------------------
+@dataclass(frozen=True)
+class Note:
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class EpochStart:
+    stage: int
+    epoch: int  # 0-based
+    epochs: int
+    steps: int  # global batches in the epoch
+    first_step: int  # > 0 when a resumed epoch skips consumed batches
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    stage: int
+    epoch: int
+    step: int  # 1-based within the epoch
+    steps: int
+    images: int  # images in this global batch
+    loss: float
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    stage: int
+    epoch: int
+    val: dict[str, Any] | None
+
+
+Event = Note | EpochStart | StepEnd | EpochEnd
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    global_step: int
+    skipped: dict[str, str]  # unreadable training images: path -> reason
+    validation: list[dict[str, Any]]
+    already_finished: bool = False
+
+
+# --- distributed -----------------------------------------------------------------------------
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False  # whether we initialised the process group (and tear it down)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def setup_distributed(device_name: str) -> Dist:
+    """Join the torchrun job when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA), pick the device."""
+    from aidetect.devices import resolve_device
+
+    device = resolve_device(device_name)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(device=device)
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=device, owns_group=owns)
+
+
+# --- RNG state -------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG's state, in types `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, keys.tolist(), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- the run ---------------------------------------------------------------------------------
+def _files_digest(image_set: ImageSet) -> str:
+    """A fingerprint of the training files and labels: resuming on other data is refused."""
+    digest = hashlib.sha256()
+    for sample in image_set.samples:
+        digest.update(f"{sample.path.relative_to(image_set.root).as_posix()}\0{sample.label}\n"
+                      .encode())
+    return digest.hexdigest()
+
+
+def _bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def precompute_captions(texts, *, backbone: str, pretrained: str | None,
+                        quick_gelu: bool | None, device: torch.device, seed: int):
+    """Caption features for stage 2, each distinct caption encoded once; the CLIP is released.
+
+    Seeded in a forked RNG: a random text tower (tests) is the same in every run and on every
+    rank, and encoding draws nothing from the stream that LoRA dropout uses.
+    """
+    from aidetect.captions import encode_captions
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        features = encode_captions(texts, backbone=backbone, pretrained=pretrained,
+                                   device=device, quick_gelu=quick_gelu)
+    return features
+
+
+def stage2_loss(detector, teacher, images: torch.Tensor, labels: torch.Tensor,
+                text: torch.Tensor, *, text_head: nn.Module, align_weight: float):
+    """One DGS forward pass: student (LoRA on, graph), teacher (LoRA off, no graph), loss.
+
+    Args:
+        detector: the student, with LoRA, in train mode.
+        teacher: `Teacher(detector, probe_head)`: the same encoder with LoRA switched off.
+        images: (B, 3, S, S); labels: (B,), 1 = AI-generated.
+        text: (B, D) caption features, precomputed by the frozen text tower.
+    Returns:
+        The `DGSLoss`; backpropagate its `.total`.
+    """
+    from aidetect.surgery import dgs_loss
+
+    student = detector.encode_image(images)  # (B, D), in the graph
+    features = teacher.features(images)  # (B, D), constant
+    return dgs_loss(
+        student=student,
+        teacher=features,
+        text=text.to(student.dtype),
+        labels=labels,
+        student_head=detector.head,
+        teacher_head=teacher.head,
+        text_head=text_head,
+        align_weight=align_weight,
+    )
+
+
+class Trainer:
+    """One training or finetuning run; `run()` does it all, resuming when asked."""
+
+    def __init__(self, job: TrainJob, on_event: Callable[[Event], None] | None = None) -> None:
+        self.job = job
+        self.cfg = job.config
+        self._on_event = on_event
+        self.state_dir = Path(job.out) / STATE_DIR
+        self.checkpoint_path = self.state_dir / CHECKPOINT_NAME
+        self.metrics_path = self.state_dir / METRICS_NAME
+        self.global_step = 0
+        self.records = 0  # metrics.jsonl lines written, for truncation on resume
+        self.skipped: dict[str, str] = {}
+        self.validation: list[dict[str, Any]] = []
+        self.position = (0, 0, 0)  # (stage, epoch, step) to continue from
+        self.probe_head: nn.Linear | None = None
+        self.text_head: nn.Linear | None = None
+        self.teacher = None
+        self.caption_features = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.start_from: dict[str, Any] | None = None
+
+    # events and logs
+    def emit(self, event: Event) -> None:
+        if self._on_event is not None and self.dist.main:
+            self._on_event(event)
+
+    def log_record(self, record: dict[str, Any]) -> None:
+        if not self.dist.main:
+            return
+        self.records += 1
+        self._metrics_file.write(json.dumps({"record": self.records, **record}) + "\n")
+        self._metrics_file.flush()
+
+    # --- setup -------------------------------------------------------------------------------
+    def _check_paths(self) -> dict[str, Any] | None:
+        out = Path(self.job.out)
+        if self.job.resume:
+            if self.checkpoint_path.is_file():
+                return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+            self.emit(Note(f"{self.checkpoint_path}: no checkpoint yet; starting from scratch"))
+            return None
+        if self.checkpoint_path.exists() or (out / "config.json").exists():
+            raise UsageError(
+                f"--out {out} already holds a training run: pass --resume to continue it, or "
+                "choose another --out"
+            )
+        return None
+
+    def _recipe(self) -> dict[str, Any]:
+        """What decides the result; a resumed run must match it."""
+        cfg = self.cfg
+        recipe = {
+            "kind": self.job.kind,
+            "data": str(Path(self.job.data).resolve()),
+            "files": self.files_digest,
+            "backbone": self.job.backbone if self.job.kind == "train" else None,
+            "pretrained": self.job.pretrained if self.job.kind == "train" else None,
+            "weights_sha256": self.start_from["sha256"] if self.start_from else None,
+            "probe_epochs": cfg.probe_epochs if self.job.kind == "train" else 0,
+            "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "betas": list(cfg.betas),
+            "align_weight": cfg.align_weight,
+            "lora_rank": cfg.lora.rank,
+            "lora_alpha": cfg.lora.alpha,
+            "lora_dropout": cfg.lora.dropout,
+            "seed": cfg.seed,
+            "captions": self.captions.source,
+            "blur_prob": cfg.blur_prob,
+            "blur_sigma": list(cfg.blur_sigma),
+            "jpeg_prob": cfg.jpeg_prob,
+            "jpeg_quality": list(cfg.jpeg_quality),
+        }
+        return recipe
+
+    def _check_recipe(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint["recipe"]
+        diffs = [
+            f"{key} {value!r} (checkpoint: {saved.get(key)!r})"
+            for key, value in self.recipe.items()
+            if saved.get(key) != value
+        ]
+        if diffs:
+            raise UsageError(
+                f"{self.checkpoint_path}: cannot resume with different settings: "
+                + "; ".join(diffs)
+            )
+
+    def _build_detector(self):
+        """The model a fresh run starts from; rebuilt the same way on resume (seeded)."""
+        from aidetect.model import Detector
+
+        seed_everything(self.cfg.seed)
+        if self.job.kind == "train":
+            if self.cfg.epochs > 0:
+                # Before the image tower exists: the whole CLIP that encodes the captions is
+                # gone again before training starts, so the two never share memory.
+                self._encode_captions(self.job.backbone, self.job.pretrained, None)
+            detector = Detector(backbone=self.job.backbone, pretrained=self.job.pretrained)
+        else:
+            from aidetect.hub import load_detector
+
+            loaded = load_detector(self.job.weights, device="cpu")
+            detector = loaded.detector
+            self.start_from = {
+                "reference": loaded.reference,
+                "sha256": loaded.sha256,
+                "revision": loaded.revision,
+            }
+            if detector.has_lora:
+                detector.merge_lora()  # fresh LoRA goes on top of the effective weights
+        detector.visual.requires_grad_(False)
+        return detector.to(self.dist.device)
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"head": self.detector.head.state_dict()}
+        if self.probe_head is not None:
+            state["probe_head"] = self.probe_head.state_dict()
+        if self.text_head is not None:
+            state["text_head"] = self.text_head.state_dict()
+        lora = {
+            name: param.detach()
+            for name, param in self.detector.visual.named_parameters()
+            if ".lora_" in name
+        }
+        if lora:
+            state["lora"] = lora
+        return state
+
+    def load_trainable_state(self, state: dict[str, Any]) -> None:
+        self.detector.head.load_state_dict(state["head"])
+        if "probe_head" in state:
+            self.probe_head.load_state_dict(state["probe_head"])
+        if "text_head" in state:
+            self.text_head.load_state_dict(state["text_head"])
+        if "lora" in state:
+            params = dict(self.detector.visual.named_parameters())
+            with torch.no_grad():
+                for name, tensor in state["lora"].items():
+                    params[name].copy_(tensor)
+
+    def save_checkpoint(self, stage: int, epoch: int, step: int, *, finished: bool = False,
+                        state: dict[str, Any] | None = None) -> None:
+        from aidetect.atomic import atomic_open
+
+        rng = self.dist.gather(rng_state())  # a collective: every rank takes part
+        if not self.dist.main:
+            return
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "recipe": self.recipe,
+            "stage": stage,
+            "epoch": epoch,
+            "step": step,
+            "global_step": self.global_step,
+            "records": self.records,
+            "finished": finished,
+            "state": _to_cpu(state if state is not None else self.trainable_state()),
+            "optimizer": _to_cpu(self.optimizer.state_dict()) if self.optimizer else None,
+            "rng": rng,
+            "skipped": self.skipped,
+            "validation": self.validation,
+        }
+        with atomic_open(self.checkpoint_path, "wb") as handle:
+            torch.save(checkpoint, handle)
+
+    def _restore_progress(self, checkpoint: dict[str, Any]) -> None:
+        """Counters, logs and skipped files; the tensors are restored once their stage is built."""
+        self.global_step = checkpoint["global_step"]
+        self.records = checkpoint["records"]
+        self.skipped = dict(checkpoint["skipped"])
+        self.validation = list(checkpoint["validation"])
+        self.position = (checkpoint["stage"], checkpoint["epoch"], checkpoint["step"])
+        if self.dist.main and self.metrics_path.exists():
+            # Steps after the checkpoint will be run again; drop their lines (and a torn one).
+            from aidetect.atomic import atomic_write_text
+
+            kept = []
+            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                if record.get("record", 0) > self.records:
+                    break
+                kept.append(line)
+            atomic_write_text(self.metrics_path, "".join(f"{line}\n" for line in kept))
+
+    def _restore_tensors(self, checkpoint: dict[str, Any]) -> None:
+        self.load_trainable_state(checkpoint["state"])
+        if checkpoint["optimizer"] is not None:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        states = checkpoint["rng"]
+        set_rng_state(states[self.dist.rank] if len(states) == self.dist.world else states[0])
+
+    # --- the stages --------------------------------------------------------------------------
+    def _setup_stage1(self) -> None:
+        # The detector's own head is the probe during stage 1: the stage-1 model is a detector.
+        self.detector.eval()
+        self.optimizer = torch.optim.Adam(
+            self.detector.head.parameters(), lr=self.cfg.lr, betas=self.cfg.betas
+        )
+
+    def _encode_captions(self, backbone: str, pretrained: str | None,
+                         quick_gelu: bool | None) -> None:
+        if self.caption_features is None:
+            self.caption_features = precompute_captions(
+                self.captions.texts, backbone=backbone, pretrained=pretrained,
+                quick_gelu=quick_gelu, device=self.dist.device, seed=self.cfg.seed,
+            )
+
+    def _setup_stage2(self) -> None:
+        from aidetect.model import Teacher
+
+        detector, cfg = self.detector, self.cfg
+        self._encode_captions(detector.backbone, detector.base_pretrained, detector.quick_gelu)
+        # Train: the probe (the stage-1 head) becomes the teacher's head and the image head
+        # starts fresh, as in the published code. Finetune: the old detector is the teacher and
+        # the image head starts where the old one was.
+        self.probe_head = copy.deepcopy(detector.head)
+        if self.job.kind == "train":
+            detector.head = nn.Linear(detector.embed_dim, 1).to(self.dist.device)
+        self.teacher = Teacher(detector, self.probe_head)
+        detector.add_lora(cfg.lora)
+        text_dim = self.caption_features.features.shape[1]
+        self.text_head = nn.Linear(text_dim, 1).to(self.dist.device)
+        detector.head.requires_grad_(True)
+        self.optimizer = torch.optim.Adam(
+            [
+                *lora_parameters(detector.visual),
+                *detector.head.parameters(),
+                *self.text_head.parameters(),
+            ],
+            lr=cfg.lr,
+            betas=cfg.betas,
+        )
+        detector.train()  # LoRA dropout on; the teacher pass switches LoRA off
+
+    def _stage1_step(self, images, labels, batch: Batch, share: float) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.detector.encode_image(images)  # (B, D), frozen tower
+        loss = _bce(self.detector.head(features).squeeze(-1), labels)
+        (loss * share).backward()
+        part = loss.detach() * share
+        zero = torch.zeros((), device=part.device)
+        return torch.stack([part, part, zero, zero])  # total = the probe's BCE
+
+    def _stage2_step(self, images, labels, batch: Batch, share: float) -> torch.Tensor:
+        text = self.caption_features.lookup([self.captions.texts[i] for i in batch.indices])
+        loss = stage2_loss(
+            self.detector, self.teacher, images, labels, text,
+            text_head=self.text_head, align_weight=self.cfg.align_weight * share,
+        )
+        (loss.total * share).backward()
+        image, text_loss, align = loss.image * share, loss.text * share, loss.align * share**2
+        total = image + text_loss + self.cfg.align_weight * align
+        return torch.stack([total, image, text_loss, align]).detach()
+
+    def _sync_grads(self) -> None:
+        if self.dist.world == 1:
+            return
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self.dist.sum_(torch.cat([g.reshape(-1) for g in grads]))
+        offset = 0
+        for param in params:
+            size = param.numel()
+            param.grad = flat[offset : offset + size].view_as(param).clone()
+            offset += size
+
+    def _train_stage(self, stage: int, epochs: int) -> None:
+        step_fn = self._stage1_step if stage == 1 else self._stage2_step
+        dataset, batch_size, dist = self.dataset, self.cfg.batch_size, self.dist
+        start_stage, start_epoch, start_step = self.position
+        for epoch in range(epochs):
+            if (stage, epoch) < (start_stage, start_epoch):
+                continue
+            first = start_step if (stage, epoch) == (start_stage, start_epoch) else 0
+            order = epoch_order(len(dataset), seed=self.cfg.seed, stage=stage, epoch=epoch)
+            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            mine = [b[dist.rank :: dist.world] for b in batches[first:]]
+            dataset.stage, dataset.epoch = stage, epoch
+            loader = make_loader(dataset, mine, workers=self.job.workers, seed=self.cfg.seed,
+                                 pin_memory=dist.device.type == "cuda")
+            self.emit(EpochStart(stage, epoch, epochs, len(batches), first))
+            for step, batch in enumerate(loader, start=first + 1):
+                self._note_failures(batch)
+                count = dist.sum_(torch.tensor([len(batch)], device=dist.device))
+                total_images = int(count.item())
+                if total_images == 0:  # every image of this global batch was unreadable
+                    continue
+                share = len(batch) / total_images
+                stats = torch.zeros(4, device=dist.device)
+                try:
+                    if len(batch):
+                        images = batch.images.to(dist.device, non_blocking=True)
+                        labels = batch.labels.to(dist.device)
+                        stats = step_fn(images, labels, batch, share)
+                    self._sync_grads()
+                    self.optimizer.step()
+                except torch.OutOfMemoryError:
+                    raise out_of_memory_error(batch_size) from None
+                self.optimizer.zero_grad(set_to_none=True)
+                stats = dist.sum_(stats).tolist()
+                self.global_step += 1
+                self.log_record({
+                    "stage": stage, "epoch": epoch, "step": step, "global_step": self.global_step,
+                    "images": total_images, "loss": stats[0], "loss_image": stats[1],
+                    "loss_text": stats[2], "loss_align": stats[3], "lr": self.cfg.lr,
+                    "time": time.time(),
+                })
+                self.emit(StepEnd(stage, epoch, step, len(batches), total_images, stats[0]))
+                if self.job.save_every and self.global_step % self.job.save_every == 0:
+                    self.save_checkpoint(stage, epoch, step)
+            val = self._validate(stage, epoch)
+            self.emit(EpochEnd(stage, epoch, val))
+            self.save_checkpoint(stage, epoch + 1, 0)
+
+    def _note_failures(self, batch: Batch) -> None:
+        if not batch.failures and self.dist.world == 1:
+            return
+        for failures in self.dist.gather([(f.path, f.reason) for f in batch.failures]):
+            for path, reason in failures:
+                if path not in self.skipped:
+                    self.skipped[path] = reason
+                    self.emit(Note(f"skipping unreadable training image {path}: {reason}",
+                                   warning=True))
+
+    def _validate(self, stage: int, epoch: int) -> dict[str, Any] | None:
+        if self.val_set is None:
+            return None
+        dataset = ImageDataset(
+            self.val_set.paths, self.val_set.labels, preprocess=self.detector.preprocess_config
+        )
+        mine = list(range(self.dist.rank, len(dataset), self.dist.world))
+        found = predict(
+            self.detector, dataset, device=self.dist.device, batch_size=self.cfg.batch_size,
+            workers=self.job.workers, indices=mine,
+        )
+        parts = self.dist.gather((found.labels.tolist(), found.scores.tolist()))
+        labels = np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts])
+        scores = np.concatenate([np.asarray(p[1], dtype=np.float64) for p in parts])
+        # Threshold 0.5, as the paper reports; calibration is `eval`'s job.
+        result = {"stage": stage, "epoch": epoch,
+                  **score_table(labels, scores, DEFAULT_THRESHOLD).to_dict()}
+        self.validation.append(result)
+        self.log_record({"stage": stage, "epoch": epoch, "global_step": self.global_step,
+                         "val": {k: v for k, v in result.items() if k not in ("stage", "epoch")}})
+        return result
+
+    # --- the end -----------------------------------------------------------------------------
+    def _finish(self) -> None:
+        from aidetect.card import write_card
+
+        state = _to_cpu(self.trainable_state())  # LoRA and heads as trained, before the merge
+        if self.dist.main:
+            detector = self.detector
+            if detector.has_lora:
+                detector.merge_lora()
+            detector.threshold = DEFAULT_THRESHOLD  # a calibration of the old weights is void
+            detector.to("cpu").eval()
+            out = Path(self.job.out)
+            detector.save_pretrained(out)
+            write_card(out, self._card_info())
+        self.dist.barrier()
+        self.save_checkpoint(*self.position, finished=True, state=state)
+
+    def _card_info(self):
+        from aidetect.card import CardInfo
+
+        cfg = self.cfg
+        recipe: dict[str, Any] = {}
+        if self.job.kind == "train":
+            recipe["stage 1 (linear probe) epochs"] = cfg.probe_epochs
+        recipe.update({
+            "stage 2 (DGS) epochs": cfg.epochs,
+            "batch size": cfg.batch_size,
+            "optimizer": f"Adam, lr {cfg.lr:g}, betas {tuple(cfg.betas)}",
+            "LoRA": f"q, k, v of every block; rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g}, "
+                    f"dropout {cfg.lora.dropout:g}",
+            "alignment weight": cfg.align_weight,
+            "augmentation": "random tile order and horizontal flip"
+            + (f"; blur p={cfg.blur_prob:g}, sigma {cfg.blur_sigma}" if cfg.blur_prob else "")
+            + (f"; JPEG p={cfg.jpeg_prob:g}, quality {cfg.jpeg_quality}" if cfg.jpeg_prob else ""),
+            "seed": cfg.seed,
+            "steps": self.global_step,
+            "processes": self.dist.world,
+        })
+        start = None
+        if self.start_from:
+            start = f"{self.start_from['reference']} (sha256 {self.start_from['sha256'][:12]})"
+        return CardInfo(
+            kind=self.job.kind,
+            backbone=self.detector.backbone,
+            base_pretrained=self.detector.base_pretrained,
+            data=str(self.job.data),
+            data_summary=self.image_set.describe(),
+            captions=self.captions.source,
+            recipe=recipe,
+            start_from=start,
+            skipped=len(self.skipped),
+            validation=str(self.job.val) if self.job.val else None,
+            metrics=self.validation,
+            threshold=DEFAULT_THRESHOLD,
+        )
+
+    # --- entry point -------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        self.dist = setup_distributed(self.job.device)
+        try:
+            return self._run()
+        finally:
+            if self.dist.owns_group:
+                torch.distributed.destroy_process_group()
+
+    def _run(self) -> TrainResult:
+        job, cfg, dist = self.job, self.cfg, self.dist
+        if cfg.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        self.image_set = find_images(job.data, classes=job.classes)
+        self.files_digest = _files_digest(self.image_set)
+        self.captions = resolve_captions(self.image_set, job.captions)
+        self.val_set = find_images(job.val, what="--val") if job.val else None
+        self.emit(Note(f"training data: {self.image_set.describe()}"))
+        self.emit(Note(f"captions: {self.captions.source}"))
+        checkpoint = self._check_paths()
+        if checkpoint is not None and checkpoint["finished"]:
+            self.emit(Note(f"{job.out}: this run has already finished; nothing to resume"))
+            return TrainResult(Path(job.out), checkpoint["global_step"],
+                               dict(checkpoint["skipped"]), list(checkpoint["validation"]),
+                               already_finished=True)
+        self.detector = self._build_detector()
+        self.recipe = self._recipe()
+        if checkpoint is not None:
+            self._check_recipe(checkpoint)
+            self._restore_progress(checkpoint)
+            stage, epoch, step = self.position
+            self.emit(Note(f"resuming at stage {stage}, epoch {epoch + 1}, step {step} "
+                           f"({self.global_step} steps done)"))
+        self.dataset = ImageDataset(
+            self.image_set.paths,
+            self.image_set.labels,
+            preprocess=self.detector.preprocess_config,
+            train=True,
+            augment=Augment(cfg.blur_prob, cfg.blur_sigma, cfg.jpeg_prob, cfg.jpeg_quality),
+            seed=cfg.seed,
+        )
+        if dist.main:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            # A fresh start drops the lines of an attempt killed before its first checkpoint.
+            mode = "a" if checkpoint is not None else "w"
+            self._metrics_file = open(self.metrics_path, mode, encoding="utf-8")  # noqa: SIM115
+        try:
+            stage_of_checkpoint = self.position[0] if checkpoint is not None else None
+            if job.kind == "train" and stage_of_checkpoint in (None, 1):
+                self._setup_stage1()
+                if checkpoint is not None:
+                    self._restore_tensors(checkpoint)
+                self._train_stage(1, cfg.probe_epochs)
+                self.position = (2, 0, 0)
+            self._setup_stage2()
+            if checkpoint is not None and stage_of_checkpoint == 2:
+                self._restore_tensors(checkpoint)
+            self._train_stage(2, cfg.epochs)
+            self.position = (2, cfg.epochs, 0)
+            self._finish()
+        finally:
+            if dist.main:
+                self._metrics_file.close()
+        if self.skipped:
+            self.emit(Note(f"{len(self.skipped)} unreadable training images were skipped",
+                           warning=True))
+        return TrainResult(Path(job.out), self.global_step, self.skipped, self.validation)
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def run_training(job: TrainJob, on_event: Callable[[Event], None] | None = None) -> TrainResult:
+    """Train (or finetune, when `job.weights` is set) a detector into `job.out`."""
+    return Trainer(job, on_event).run()
+
+
+def recipe_dict(config: TrainConfig) -> dict[str, Any]:
+    """The recipe as plain JSON values."""
+    return json.loads(json.dumps(asdict(config)))
+
+
+__all__ = [
+    "EpochEnd",
+    "EpochStart",
+    "LoraConfig",
+    "Note",
+    "StepEnd",
+    "TrainJob",
+    "TrainResult",
+    "Trainer",
+    "run_training",
+]

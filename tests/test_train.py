@@ -1,0 +1,220 @@
+"""Training: it learns, writes a detector folder, finetunes, checkpoints, and resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_labelled_folder
+from safetensors.torch import load_file
+
+from aidetect import Detector
+from aidetect.config import LoraConfig, TrainConfig
+from aidetect.errors import UsageError
+from aidetect.train import EpochStart, Note, StepEnd, TrainJob, run_training
+
+# Small but enough to learn the tiny task: lr raised for a handful of steps, no LoRA dropout.
+FAST = TrainConfig(probe_epochs=2, epochs=3, batch_size=4, lr=1e-2, lora=LoraConfig(dropout=0.0))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_local_dir):
+    """One training run shared by the tests that only read its results."""
+    root = tmp_path_factory.mktemp("trained")
+    data = write_labelled_folder(root / "data", n=16)
+    val = write_labelled_folder(root / "val", n=8, seed=7)
+    events = []
+    job = TrainJob(data=data, out=root / "run", config=FAST, backbone=tiny_local_dir,
+                   pretrained=None, val=val, device="cpu", workers=0, save_every=5)
+    result = run_training(job, on_event=events.append)
+    return root, result, events
+
+
+def test_train_learns(trained):
+    _, result, _ = trained
+    final = result.validation[-1]
+    assert (final["stage"], final["epoch"]) == (2, FAST.epochs - 1)
+    assert final["ap"] >= 0.9 and final["acc"] >= 0.75  # chance is 0.5
+    # The untrained probe was far from that: the stages did the learning.
+    assert len(result.validation) == FAST.probe_epochs + FAST.epochs
+
+
+def test_output_is_a_detector_folder_with_merged_lora(trained, tiny_local_dir):
+    root, result, _ = trained
+    out = root / "run"
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in out.iterdir()}
+    config = json.loads((out / "config.json").read_text())
+    assert config["lora_rank"] == 0 and config["backbone"] == tiny_local_dir
+    assert config["threshold"] == 0.5
+    weights = load_file(out / "model.safetensors")
+    assert not any("lora" in k or "text_head" in k or "probe" in k for k in weights)
+    detector = Detector.from_pretrained(out)
+    assert not detector.has_lora
+    card = (out / "README.md").read_text()
+    assert "DGS-Net" in card and "16 real and 16 AI-generated images" in card
+    assert "| stage 2 (DGS) epochs | 3 |" in card and "| 2 | 3 |" in card  # metrics row
+    assert "aidetect 0." in card and "not calibrated" in card and "library_name: aidetect" in card
+
+
+def test_checkpoint_and_metrics_log(trained):
+    root, result, events = trained
+    checkpoint = torch.load(root / "run" / "train" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["finished"] and checkpoint["stage"] == 2
+    assert checkpoint["global_step"] == result.global_step == (2 + 3) * 8
+    assert {"torch", "numpy", "python"} <= set(checkpoint["rng"][0])
+    assert set(checkpoint["state"]) == {"head", "probe_head", "text_head", "lora"}
+    assert checkpoint["optimizer"]["state"]  # Adam moments
+    lines = [json.loads(x) for x in (root / "run" / "train" / "metrics.jsonl").open()]
+    steps = [x for x in lines if "loss" in x]
+    assert len(steps) == result.global_step
+    assert [x["record"] for x in lines] == list(range(1, len(lines) + 1))
+    assert sum("val" in x for x in lines) == 5
+    assert all(x["loss_text"] > 0 for x in steps if x["stage"] == 2)
+    assert any(isinstance(e, EpochStart) for e in events)
+    assert sum(isinstance(e, StepEnd) for e in events) == result.global_step
+    assert any(isinstance(e, Note) and "captions" in e.message for e in events)
+
+
+def test_finetune_with_zero_lr_keeps_the_old_detector(trained, tmp_path):
+    # The student starts as the old encoder with zero-update LoRA and the old head: with a
+    # learning rate of 0 the result is the old detector, tensor for tensor.
+    root, _, _ = trained
+    job = TrainJob(data=root / "data", out=tmp_path / "ft", weights=str(root / "run"),
+                   config=TrainConfig(epochs=1, batch_size=8, lr=0.0), device="cpu", workers=0)
+    run_training(job)
+    old, new = load_file(root / "run" / "model.safetensors"), load_file(
+        tmp_path / "ft" / "model.safetensors")
+    assert old.keys() == new.keys()
+    assert all(torch.equal(old[k], new[k]) for k in old)
+    assert "fine-tuning" in (tmp_path / "ft" / "README.md").read_text()
+
+
+def test_finetune_learns_from_a_detector(detector_dir, tmp_path):
+    data = write_labelled_folder(tmp_path / "data", n=4)
+    job = TrainJob(data=data, out=tmp_path / "ft", weights=str(detector_dir),
+                   config=TrainConfig(epochs=1, batch_size=4, lr=1e-2), device="cpu", workers=0)
+    run_training(job)
+    old, new = load_file(detector_dir / "model.safetensors"), load_file(
+        tmp_path / "ft" / "model.safetensors")
+    assert not torch.equal(old["head.weight"], new["head.weight"])
+    changed = [k for k in old if "in_proj_weight" in k and not torch.equal(old[k], new[k])]
+    assert changed  # LoRA was merged into q, k, v
+    assert all(torch.equal(old[k], new[k]) for k in old if "conv1" in k)  # frozen elsewhere
+
+
+def test_unreadable_training_images_are_skipped(tmp_path, tiny_local_dir):
+    data = write_labelled_folder(tmp_path / "data", n=3)
+    (data / "1_fake" / "broken.png").write_bytes(b"not a png")
+    events = []
+    job = TrainJob(data=data, out=tmp_path / "run", backbone=tiny_local_dir, pretrained=None,
+                   config=TrainConfig(probe_epochs=1, epochs=1, batch_size=4), device="cpu",
+                   workers=0)
+    result = run_training(job, on_event=events.append)
+    assert list(result.skipped) == [str(data / "1_fake" / "broken.png")]
+    warnings = [e.message for e in events if isinstance(e, Note) and e.warning]
+    assert any("broken.png" in w for w in warnings)
+    assert any("1 unreadable training images were skipped" in w for w in warnings)
+    assert "Unreadable training images skipped: 1" in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_existing_run_needs_resume_and_resume_needs_same_settings(trained, tmp_path,
+                                                                  tiny_local_dir):
+    root, _, _ = trained
+    job = TrainJob(data=root / "data", out=root / "run", config=FAST, pretrained=None,
+                   backbone="unused", device="cpu", workers=0)
+    with pytest.raises(UsageError, match="already holds a training run: pass --resume"):
+        run_training(job)
+    # An unfinished run (the final checkpoint, marked unfinished) with another learning rate.
+    checkpoint = torch.load(root / "run" / "train" / "checkpoint.pt", weights_only=True)
+    checkpoint["finished"] = False
+    (tmp_path / "run" / "train").mkdir(parents=True)
+    torch.save(checkpoint, tmp_path / "run" / "train" / "checkpoint.pt")
+    changed = TrainJob(data=root / "data", out=tmp_path / "run", pretrained=None,
+                       backbone=tiny_local_dir, val=root / "val",
+                       config=TrainConfig(probe_epochs=2, epochs=3, batch_size=4, lr=1e-3,
+                                          lora=LoraConfig(dropout=0.0)),
+                       device="cpu", workers=0, resume=True)
+    with pytest.raises(UsageError, match=r"cannot resume with different settings: lr 0\.001"):
+        run_training(changed)
+
+
+def test_out_of_memory_suggests_a_smaller_batch(tmp_path, tiny_local_dir, monkeypatch):
+    from aidetect import train
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(train.Trainer, "_stage1_step", out_of_memory)
+    data = write_labelled_folder(tmp_path / "data", n=2)
+    job = TrainJob(data=data, out=tmp_path / "run", backbone=tiny_local_dir, pretrained=None,
+                   config=TrainConfig(batch_size=4), device="cpu", workers=0)
+    with pytest.raises(UsageError, match="out of memory with --batch-size 4.*--batch-size 2"):
+        run_training(job)
+
+
+# --- kill -9 and resume ----------------------------------------------------------------------
+def _train_cli(out: Path, data: Path, backbone: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "aidetect", "train", "--data", str(data), "--out", str(out),
+        "--backbone", backbone, "--pretrained", "none", "--probe-epochs", "2", "--epochs", "2",
+        "--batch-size", "4", "--lr", "1e-2", "--save-every", "1", "--device", "cpu",
+        "--workers", "0", "--quiet", *extra,
+    ]
+
+
+def _steps_logged(out: Path) -> int:
+    try:
+        return (out / "train" / "metrics.jsonl").read_text().count('"loss"')
+    except FileNotFoundError:
+        return 0
+
+
+def _kill_after(command: list[str], out: Path, steps: int) -> None:
+    """Run `command` and SIGKILL it once `steps` steps are logged (the run has 24)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _steps_logged(out) < steps and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+
+
+def test_resume_after_sigkill_ends_with_identical_weights(tmp_path, tiny_local_dir):
+    data = write_labelled_folder(tmp_path / "data", n=12)  # 6 steps an epoch, 24 in all
+    reference = tmp_path / "reference"
+    subprocess.run(_train_cli(reference, data, tiny_local_dir), check=True,
+                   capture_output=True, timeout=300)
+    expected = load_file(reference / "model.safetensors")
+
+    interrupted = tmp_path / "interrupted"
+    command = _train_cli(interrupted, data, tiny_local_dir)
+    _kill_after(command, interrupted, steps=4)  # in stage 1 (steps 1-12 of 24)
+    assert not (interrupted / "model.safetensors").exists()
+    _kill_after([*command, "--resume"], interrupted, steps=16)  # in stage 2, workers or not
+    finished = subprocess.run([*command, "--resume", "--workers", "2"], capture_output=True,
+                              text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    weights = load_file(interrupted / "model.safetensors")
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+    # The log holds each step once, as in the uninterrupted run.
+    reference_log = [json.loads(x) for x in (reference / "train" / "metrics.jsonl").open()]
+    resumed_log = [json.loads(x) for x in (interrupted / "train" / "metrics.jsonl").open()]
+    assert [x.get("loss") for x in resumed_log] == [x.get("loss") for x in reference_log]
+
+
+def test_resuming_a_finished_run_does_nothing(trained, tiny_local_dir):
+    root, result, _ = trained
+    before = (root / "run" / "model.safetensors").stat().st_mtime_ns
+    job = TrainJob(data=root / "data", out=root / "run", config=FAST, backbone=tiny_local_dir,
+                   pretrained=None, val=root / "val", device="cpu", workers=0, resume=True)
+    again = run_training(job)
+    assert again.already_finished and again.global_step == result.global_step
+    assert (root / "run" / "model.safetensors").stat().st_mtime_ns == before
