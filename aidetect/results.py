@@ -1,0 +1,146 @@
+"""What a scan produces: one `ImageResult` per file, and the `ScanInfo` that heads a report.
+
+Plain dataclasses with no torch import, shared by the scan engine (which fills them) and the
+report writers (which render them). `to_dict` gives the documented JSON shape
+(`aidetect/report_schema.json`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1  # of the JSON / JSONL report layout; bumped on any incompatible change
+LABEL_AI = "ai-generated"
+LABEL_REAL = "real"
+
+
+@dataclass
+class ImageResult:
+    """One file's outcome: a score, or an `error` saying why it has none."""
+
+    path: str
+    score: float | None = None  # probability of AI generation, in [0, 1]
+    logit: float | None = None
+    label: str | None = None  # LABEL_AI or LABEL_REAL, from the threshold
+    format: str | None = None  # as decoded (by content, not extension): "JPEG", "PNG", ...
+    mode: str | None = None  # Pillow mode of the file before conversion: "RGB", "I;16", ...
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None  # one line naming the problem; None when scored
+    thumbnail: bytes | None = field(default=None, repr=False)  # JPEG, for the HTML report only
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def is_ai(self) -> bool:
+        return self.label == LABEL_AI
+
+    def to_dict(self) -> dict[str, Any]:
+        """The per-file object of the JSON, JSONL and CSV reports (every key always present)."""
+        return {
+            "path": self.path,
+            "score": self.score,
+            "logit": self.logit,
+            "label": self.label,
+            "format": self.format,
+            "mode": self.mode,
+            "width": self.width,
+            "height": self.height,
+            "error": self.error,
+        }
+
+
+RESULT_FIELDS = tuple(ImageResult(path="").to_dict())  # column order of the CSV report
+
+
+@dataclass
+class ModelInfo:
+    """Where the detector's weights came from, for reproducibility."""
+
+    reference: str  # what the user passed to --weights
+    source: str  # "preset", "folder", "file" or "hub"
+    sha256: str  # of the weights file (a preset: of its head file)
+    revision: str | None = None  # the resolved Hub commit, for Hub references
+    backbone: str | None = None
+    preprocess: str | None = None  # "patches" or "center_crop"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "source": self.source,
+            "sha256": self.sha256,
+            "revision": self.revision,
+            "backbone": self.backbone,
+            "preprocess": self.preprocess,
+        }
+
+
+@dataclass
+class Counts:
+    """Tallies of a scan, kept up to date as results arrive."""
+
+    scanned: int = 0  # files that got a score
+    ai_generated: int = 0
+    real: int = 0
+    errors: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.scanned + self.errors
+
+    def add(self, result: ImageResult) -> None:
+        if not result.ok:
+            self.errors += 1
+            return
+        self.scanned += 1
+        if result.is_ai:
+            self.ai_generated += 1
+        else:
+            self.real += 1
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "total": self.total,
+            "scanned": self.scanned,
+            "ai_generated": self.ai_generated,
+            "real": self.real,
+            "errors": self.errors,
+        }
+
+
+@dataclass
+class ScanInfo:
+    """Everything a report says besides the per-file results."""
+
+    tool_version: str
+    model: ModelInfo
+    device: str  # e.g. "cpu (2 threads)", "cuda:0 (NVIDIA H100, bf16)"
+    threshold: float
+    started: str  # ISO 8601, UTC
+    finished: str | None = None
+    complete: bool = True  # False when interrupted (Ctrl-C): the results are a prefix
+    counts: Counts = field(default_factory=Counts)
+    elapsed_seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.counts.total / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's header: every top-level key of the JSON report except `results`."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "aidetect", "version": self.tool_version},
+            "model": self.model.to_dict(),
+            "device": self.device,
+            "threshold": self.threshold,
+            "started": self.started,
+            "finished": self.finished,
+            "complete": self.complete,
+            "counts": self.counts.to_dict(),
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "images_per_second": round(self.images_per_second, 3),
+        }
