@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 
 from aidetect import __version__
 from aidetect.errors import EXIT_USAGE, AidetectError
+
+EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
 
 app = typer.Typer(
     name="aidetect",
@@ -52,6 +56,20 @@ def root(
 def _register_commands() -> None:
     # Each command group lives in its own module; importing it registers its commands.
     from aidetect.cli import commands  # noqa: F401
+
+
+@contextmanager
+def stdout_reader_may_leave() -> Iterator[None]:
+    """Exit 141 quietly when the reader of stdout goes away (`aidetect scan ... | head`).
+
+    Click would exit 1 on a broken pipe, which `scan --fail-on-ai` uses for "AI found".
+    """
+    try:
+        yield
+    except BrokenPipeError:
+        # Point stdout at /dev/null so that the exit-time flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(EXIT_PIPE) from None
 
 
 def print_error(message: str) -> None:

@@ -1,0 +1,210 @@
+"""Scanning: files in, one `ImageResult` per file out, in the order the files were given.
+
+Decoding and preprocessing run in DataLoader worker processes, so they overlap the model; the
+model runs in eval mode under `torch.inference_mode`, with LoRA merged. A file that cannot be
+scored becomes a result with an `error`; nothing about one file stops the others.
+
+Precision: fp32 on CPU (bf16 is far slower there without AMX); on CUDA, autocast to bf16
+(fp16 on GPUs before Ampere), which keeps scores within 1e-2 of fp32
+(`benchmarks/scan.py --device cuda` measures it); `precision="fp32"` turns it off.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from aidetect.config import PreprocessConfig
+from aidetect.data import DEFAULT_MAX_PIXELS, Candidate, open_image
+from aidetect.errors import ImageError, UsageError
+from aidetect.preprocess import preprocess_tensor, to_tensor
+from aidetect.results import LABEL_AI, LABEL_REAL, ImageResult
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+THUMBNAIL_SIDE = 256  # px, the longer side of an HTML report's thumbnails
+
+
+def default_workers() -> int:
+    """Decoding processes: enough to keep the model fed, leaving it most of the cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, (cores or 1) // 2))
+
+
+@dataclass
+class _Decoded:
+    """What a worker sends back for one file."""
+
+    index: int
+    tensor: torch.Tensor | None
+    result: ImageResult  # path and file facts filled; score fields left to the model
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    """Candidates -> preprocessed tensors. Never raises on a bad file: it reports it."""
+
+    def __init__(self, candidates: Sequence[Candidate], preprocess: PreprocessConfig, *,
+                 max_pixels: int | None, thumbnails: bool) -> None:
+        self.candidates = list(candidates)
+        self.preprocess = preprocess
+        self.max_pixels = max_pixels
+        self.thumbnails = thumbnails
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def __getitem__(self, index: int) -> _Decoded:
+        candidate = self.candidates[index]
+        result = ImageResult(path=candidate.path, error=candidate.error)
+        if candidate.error is not None:
+            return _Decoded(index, None, result)
+        try:
+            decoded = open_image(candidate.path, max_pixels=self.max_pixels)
+            result.format, result.mode = decoded.format, decoded.mode
+            result.width, result.height = decoded.width, decoded.height
+            tensor = preprocess_tensor(to_tensor(decoded.image), self.preprocess)
+            if self.thumbnails:
+                result.thumbnail = _thumbnail(decoded.image)
+        except ImageError as error:
+            result.error = error.message
+            return _Decoded(index, None, result)
+        except MemoryError:
+            result.error = "out of memory while decoding (try a lower --max-pixels)"
+            return _Decoded(index, None, result)
+        return _Decoded(index, tensor, result)
+
+
+def _thumbnail(image) -> bytes:
+    small = image.copy()
+    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
+
+
+@dataclass
+class _Batch:
+    items: list[_Decoded]
+    images: torch.Tensor | None  # (n, 3, S, S) for the items that decoded, in order
+
+    def pin_memory(self) -> _Batch:
+        if self.images is not None:
+            self.images = self.images.pin_memory()
+        return self
+
+
+def _collate(items: list[_Decoded]) -> _Batch:
+    tensors = [item.tensor for item in items if item.tensor is not None]
+    for item in items:
+        item.tensor = None  # stacked below; don't send it twice
+    return _Batch(items, torch.stack(tensors) if tensors else None)
+
+
+class Scanner:
+    """A detector made ready for inference on one device.
+
+    Args:
+        detector: an `aidetect.Detector` (LoRA is merged here if it has any).
+        device: where the model runs.
+        threshold: scores strictly above it are judged AI-generated.
+        precision: "auto" (bf16/fp16 autocast on CUDA, fp32 on CPU), "fp32", "bf16" or "fp16".
+        threads: CPU threads for the model (None: torch's default, all physical cores).
+    """
+
+    def __init__(self, detector, *, device: torch.device, threshold: float,
+                 precision: str = "auto", threads: int | None = None) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise UsageError(f"--threshold {threshold}: must be between 0 and 1")
+        if precision not in PRECISIONS:
+            raise UsageError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+        if threads is not None:
+            if threads < 1:
+                raise UsageError(f"--threads {threads}: must be at least 1")
+            torch.set_num_threads(threads)
+        if detector.has_lora:
+            detector.merge_lora()
+        self.detector = detector.to(device).eval().requires_grad_(False)
+        self.device = device
+        self.threshold = float(threshold)
+        self.dtype = _autocast_dtype(device, precision)
+
+    @property
+    def description(self) -> str:
+        """The device as reports show it, e.g. "cpu (2 threads, fp32)"."""
+        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        if self.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.device)
+            index = self.device.index if self.device.index is not None else 0
+            return f"cuda:{index} ({name}, {precision})"
+        return f"cpu ({torch.get_num_threads()} threads, {precision})"
+
+    def scan(self, candidates: Sequence[Candidate], *, batch_size: int = 32,
+             workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+             thumbnails: bool = False) -> Iterator[ImageResult]:
+        """Score `candidates`, yielding one result per candidate in their order."""
+        if batch_size < 1:
+            raise UsageError(f"--batch-size {batch_size}: must be at least 1")
+        workers = default_workers() if workers is None else workers
+        if workers < 0:
+            raise UsageError(f"--workers {workers}: must be 0 or more")
+        if not candidates:
+            return
+        dataset = _FileDataset(candidates, self.detector.preprocess_config,
+                               max_pixels=max_pixels, thumbnails=thumbnails)
+        workers = min(workers, -(-len(dataset) // batch_size))  # no idle processes
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if workers else None,  # a few batches ahead of the model
+        )
+        for batch in loader:
+            logits = self._logits(batch.images) if batch.images is not None else []
+            scored = iter(logits)
+            for item in batch.items:
+                if item.result.error is None:
+                    self._fill(item.result, next(scored))
+                yield item.result
+
+    def score_tensors(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) preprocessed images -> (B,) logits, as `scan` computes them."""
+        return torch.tensor(self._logits(images))
+
+    def _logits(self, images: torch.Tensor) -> list[float]:
+        images = images.to(self.device, non_blocking=True)
+        try:
+            with torch.inference_mode(), torch.autocast(
+                self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+            ):
+                logits = self.detector(images)
+        except torch.OutOfMemoryError:
+            raise UsageError(
+                f"out of {self.device.type.upper()} memory at batch size {images.shape[0]}: "
+                "pass a smaller --batch-size"
+            ) from None
+        return logits.float().cpu().tolist()
+
+    def _fill(self, result: ImageResult, logit: float) -> None:
+        if not math.isfinite(logit):
+            result.error = f"the model gave a non-finite score ({logit}); try --precision fp32"
+            return
+        score = float(torch.sigmoid(torch.tensor(logit, dtype=torch.float64)))
+        result.logit = logit
+        result.score = score
+        result.label = LABEL_AI if score > self.threshold else LABEL_REAL
+
+
+def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """None for fp32; otherwise the dtype autocast runs the model in."""
+    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
