@@ -158,6 +158,8 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     """Find, load, scan, report; returns the exit code."""
     from datetime import datetime, timezone
 
+    from rich.markup import escape
+
     from aidetect import __version__
     from aidetect.cli.console import err_console
     from aidetect.data import find_images
@@ -188,7 +190,8 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
             started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         if not candidates and not quiet:
-            err_console.print(f"[yellow]warning:[/] no images found under {', '.join(paths)}")
+            err_console.print(f"[yellow]warning:[/] no images found under "
+                              f"{escape(', '.join(paths))}", soft_wrap=True)
         started = time.perf_counter()
         try:
             with _progress(len(candidates),
@@ -207,7 +210,7 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     if not quiet and (fmt != "table" or output is not None):
         err_console.print(summary_line(info), soft_wrap=True)
     if output is not None and not quiet:
-        err_console.print(f"report written to {output}")
+        err_console.print(f"report written to {output}", soft_wrap=True, markup=False)
     if not info.complete:
         return 130
     if fail_on_ai and info.counts.ai_generated:
