@@ -18,6 +18,7 @@ How each image mode becomes 8-bit RGB (the detector's input):
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import stat
@@ -82,8 +83,12 @@ def open_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     # header's size, before any pixel data is decoded.
     Image.MAX_IMAGE_PIXELS = None
     try:
-        with Image.open(path, formats=ALLOWED_FORMATS) as image:
-            return _decode(image, limit)
+        with warnings.catch_warnings():
+            # Pillow warns on damaged metadata ("Corrupt EXIF data", TIFF tags) while opening,
+            # loading and reading EXIF; the pixels still decide, and the engine never prints.
+            warnings.simplefilter("ignore")
+            with Image.open(path, formats=ALLOWED_FORMATS) as image:
+                return _decode(image, limit)
     except UnidentifiedImageError:
         raise ImageError(
             "not a supported image (the content is not JPEG, PNG, WebP, BMP, GIF or TIFF)"
@@ -107,9 +112,7 @@ def _decode(image: Image.Image, limit: int | None) -> DecodedImage:
         )
     file_format = image.format or "unknown"
     file_mode = image.mode
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the pixels still decode
-        image.load()  # the first frame; raises on truncated or corrupt data
+    image.load()  # the first frame; raises on truncated or corrupt data
     try:
         oriented = ImageOps.exif_transpose(image)
     except (OSError, ValueError, TypeError, KeyError, SyntaxError):
@@ -136,7 +139,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode == "F":
         values = np.asarray(image, dtype=np.float64)
         values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
-        if values.size and values.max() <= 1.0:
+        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
             values = values * 255.0
         return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
@@ -149,7 +152,7 @@ def _short(error: BaseException) -> str:
 
 def _os_reason(error: OSError) -> str:
     if error.errno is not None and error.strerror:
-        if error.errno == 40:  # ELOOP
+        if error.errno == errno.ELOOP:  # 40 on Linux, 62 on macOS
             return "symbolic link loop"
         return error.strerror.lower() if error.strerror[0].isupper() else error.strerror
     return _short(error)
@@ -199,14 +202,15 @@ def find_images(
         raise UsageError(f"no such file or folder: {shown}")
     found: list[tuple[str, tuple[int, int] | None, str | None]] = []
     visited_dirs: set[tuple[int, int]] = set()
-    for given in paths:
-        given = os.fspath(given)
+    # Sorted, so that a folder reached through two given paths (a symlink and its target) is
+    # listed under the same one whatever the order of the arguments.
+    for given in sorted(os.fspath(p) for p in paths):
         if _excluded(given, patterns):
             continue
         try:
             info = os.stat(given)
         except OSError as error:
-            found.append((given, None, _os_reason(error)))
+            found.append((given, None, _link_reason(error, os.path.islink(given))))
             continue
         if stat.S_ISDIR(info.st_mode):
             # A folder named explicitly is entered even when it is a symlink.
@@ -246,8 +250,7 @@ def _walk(folder: str, info: os.stat_result, patterns: tuple[str, ...], follow_s
             target = os.stat(path)  # follows links
         except OSError as error:
             if _has_image_extension(entry.name):
-                found.append((path, None, _os_reason(error) if not is_link or error.errno == 40
-                              else "broken symbolic link"))
+                found.append((path, None, _link_reason(error, is_link)))
             continue
         if stat.S_ISDIR(target.st_mode):
             if is_link and not follow_symlinks:
@@ -255,6 +258,12 @@ def _walk(folder: str, info: os.stat_result, patterns: tuple[str, ...], follow_s
             _walk(path, target, patterns, follow_symlinks, visited, found)
         elif stat.S_ISREG(target.st_mode) and _has_image_extension(entry.name):
             found.append((path, (target.st_dev, target.st_ino), None))
+
+
+def _link_reason(error: OSError, is_link: bool) -> str:
+    if is_link and error.errno != errno.ELOOP:
+        return "broken symbolic link"
+    return _os_reason(error)
 
 
 def _has_image_extension(name: str) -> bool:

@@ -184,10 +184,14 @@ def build_on_tag(config: dict[str, Any], head: dict, *, source: str, reference: 
         with _quiet_open_clip():
             detector = Detector(**kwargs)
     except RuntimeError as error:  # open_clip's error for a failed download or a bad tag
-        raise WeightsError(
-            f"{reference}: cannot get the {kwargs['backbone']} '{kwargs['pretrained']}' weights "
-            f"({_first_line(error)}): {offline_fix()}"
-        ) from error
+        what = f"the {kwargs['backbone']} '{kwargs['pretrained']}' weights"
+        if "download" in str(error).lower():
+            raise WeightsError(
+                f"{reference}: cannot download {what} from the Hugging Face Hub (no network?): "
+                f"{offline_fix()}"
+            ) from error
+        raise WeightsError(f"{reference}: cannot get {what} ({_first_line(error)}): "
+                           f"{offline_fix()}") from error
     load_state(detector.head, head, source=source)
     return detector.to(device).eval()
 
@@ -309,10 +313,15 @@ def _quiet_open_clip() -> Iterator[None]:
 
     root = logging.getLogger()
     root.addFilter(drop)
+    # huggingface_hub warns about each failed request as well, before open_clip raises.
+    hub_logger = logging.getLogger("huggingface_hub")
+    hub_level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
         root.removeFilter(drop)
+        hub_logger.setLevel(hub_level)
 
 
 # --- the Hub -----------------------------------------------------------------------------------

@@ -1,0 +1,620 @@
+"""Finding images under paths, and decoding each one safely to 8-bit RGB (aidetect.data).
+
+Every image is generated here, small, with Pillow and numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import random
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aidetect.data import (
+    ALLOWED_FORMATS,
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    Candidate,
+    DecodedImage,
+    find_images,
+    open_image,
+    to_rgb,
+)
+from aidetect.errors import ImageError, UsageError
+
+RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+
+
+def _touch(path: Path, data: bytes = b"x") -> Path:
+    """A file for discovery tests, which never decode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _save(image: Image.Image, path: Path, fmt: str | None = None, **options) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, fmt, **options)
+    return path
+
+
+def _pixels(image: Image.Image) -> list[tuple[int, ...]]:
+    return [tuple(int(v) for v in p) for p in np.asarray(image).reshape(-1, 3)]
+
+
+def _near(pixel, expected, tolerance: int = 12) -> bool:
+    return all(abs(int(a) - int(b)) <= tolerance for a, b in zip(pixel, expected, strict=True))
+
+
+def _noise(size=(24, 16), seed: int = 0) -> Image.Image:
+    rng = np.random.RandomState(seed)
+    return Image.fromarray(rng.randint(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _found(candidates: list[Candidate], root: Path) -> list[str]:
+    return [Path(c.path).relative_to(root).as_posix() for c in candidates]
+
+
+# --- discovery --------------------------------------------------------------------------------
+def test_image_extensions_cover_the_usual_ones():
+    usual = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+    assert usual <= IMAGE_EXTENSIONS
+    assert all(ext == ext.lower() for ext in IMAGE_EXTENSIONS)
+
+
+def test_folders_are_walked_recursively_for_image_extensions_any_case(tmp_path: Path):
+    images = ["a.jpg", "b.jpeg", "c.png", "d.webp", "e.bmp", "f.gif", "g.tif", "h.tiff",
+              "UPPER.JPG", "Mixed.PnG", "sub/i.png", "sub/deeper/j.TIFF"]
+    others = ["notes.txt", "icon.ico", "README", "photo.jpg.bak", "jpg", "sub/deeper/k.pdf"]
+    for name in images + others:
+        _touch(tmp_path / name)
+    candidates = find_images([tmp_path])
+    assert all(c.error is None for c in candidates)
+    assert _found(candidates, tmp_path) == sorted(images)
+
+
+def test_a_file_named_explicitly_is_taken_whatever_its_name(tmp_path: Path):
+    notes = _touch(tmp_path / "notes.txt")
+    bare = _touch(tmp_path / "no_extension")
+    assert find_images([notes, bare]) == [Candidate(str(bare)), Candidate(str(notes))]
+    assert find_images([tmp_path]) == []  # but a folder walk skips them
+
+
+def test_a_folder_named_like_an_image_is_walked_and_special_files_skipped(tmp_path: Path):
+    _touch(tmp_path / "album.jpg" / "inside.png")
+    os.mkfifo(tmp_path / "pipe.jpg")  # not a regular file: reading it could block forever
+    assert _found(find_images([tmp_path]), tmp_path) == ["album.jpg/inside.png"]
+
+
+def test_order_is_sorted_by_path_whatever_the_creation_or_argument_order(tmp_path: Path):
+    for name in ["z.png", "a/y.png", "m.png", "a/b.png", "B.png", "a-c.png"]:
+        _touch(tmp_path / name)
+    first = find_images([tmp_path])
+    assert [c.path for c in first] == sorted(c.path for c in first)
+    assert len(first) == 6
+    named = [tmp_path / "z.png", tmp_path / "a", tmp_path / "m.png"]
+    assert find_images(named) == find_images(list(reversed(named)))
+    assert find_images([tmp_path]) == first
+
+
+def test_files_behind_symlinks_are_scanned(tmp_path: Path):
+    real = _touch(tmp_path / "elsewhere" / "real.png")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link.jpg").symlink_to(real)
+    assert find_images([root]) == [Candidate(str(root / "link.jpg"))]
+
+
+def test_symlinked_folders_are_entered_only_with_follow_symlinks(tmp_path: Path):
+    _touch(tmp_path / "elsewhere" / "far.png")
+    root = tmp_path / "root"
+    _touch(root / "near.png")
+    (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert _found(find_images([root]), root) == ["near.png"]
+    followed = find_images([root], follow_symlinks=True)
+    assert _found(followed, root) == ["linked/far.png", "near.png"]
+    assert all(c.error is None for c in followed)
+
+
+def test_a_symlinked_folder_named_explicitly_is_entered(tmp_path: Path):
+    _touch(tmp_path / "elsewhere" / "far.png")
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert find_images([tmp_path / "link"]) == [Candidate(str(tmp_path / "link" / "far.png"))]
+
+
+def test_a_symlink_to_a_parent_folder_never_loops(tmp_path: Path):
+    root = tmp_path / "root"
+    _touch(root / "top.png")
+    _touch(root / "sub" / "low.png")
+    (root / "sub" / "up").symlink_to("..", target_is_directory=True)
+    (root / "sub" / "self").symlink_to(".", target_is_directory=True)
+    (root / "sub" / "abs").symlink_to(root, target_is_directory=True)
+    candidates = find_images([root], follow_symlinks=True)
+    assert _found(candidates, root) == ["sub/low.png", "top.png"]
+    assert all(c.error is None for c in candidates)
+
+
+def test_a_self_referencing_symlink_is_a_candidate_with_an_error(tmp_path: Path):
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to("loop.jpg")
+    _touch(tmp_path / "ok.png")
+    in_folder = find_images([tmp_path])
+    assert [c.path for c in in_folder] == [str(loop), str(tmp_path / "ok.png")]
+    assert "symbolic link loop" in in_folder[0].error
+    assert in_folder[1].error is None
+    named = find_images([loop])
+    assert len(named) == 1 and "symbolic link loop" in named[0].error
+
+
+def test_a_dangling_symlink_is_a_candidate_with_an_error(tmp_path: Path):
+    dangling = tmp_path / "gone.jpg"
+    dangling.symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "gone.txt").symlink_to(tmp_path / "nowhere.txt")  # not an image name: skipped
+    in_folder = find_images([tmp_path])
+    assert [c.path for c in in_folder] == [str(dangling)]
+    assert "broken symbolic link" in in_folder[0].error
+    named = find_images([dangling])  # exists as a link, so no UsageError
+    assert len(named) == 1 and "broken symbolic link" in named[0].error
+
+
+def test_each_real_file_is_kept_once(tmp_path: Path):
+    real = _touch(tmp_path / "b_real.png")
+    os.link(real, tmp_path / "a_hard.png")
+    (tmp_path / "c_sym.png").symlink_to(real)
+    _touch(tmp_path / "d_other.png")
+    expected = [Candidate(str(tmp_path / "a_hard.png")), Candidate(str(tmp_path / "d_other.png"))]
+    assert find_images([tmp_path]) == expected  # under the first path in sorted order
+    assert find_images([tmp_path, real, real, tmp_path / "c_sym.png"]) == expected
+    assert find_images([real, real]) == [Candidate(str(real))]
+
+
+def test_a_folder_reached_twice_is_listed_once_whatever_the_argument_order(tmp_path: Path):
+    _touch(tmp_path / "a_real" / "f.png")
+    (tmp_path / "z_link").symlink_to(tmp_path / "a_real", target_is_directory=True)
+    expected = [Candidate(str(tmp_path / "a_real" / "f.png"))]
+    assert find_images([tmp_path / "a_real", tmp_path / "z_link"]) == expected
+    assert find_images([tmp_path / "z_link", tmp_path / "a_real"]) == expected
+    assert find_images([tmp_path / "a_real", tmp_path / "a_real"]) == expected
+
+
+def test_exclude_matches_names(tmp_path: Path):
+    for name in ["a.png", "b.jpg", "c.gif", "sub/d.png", "sub/e.jpg"]:
+        _touch(tmp_path / name)
+    assert _found(find_images([tmp_path], exclude=["*.png"]), tmp_path) == [
+        "b.jpg", "c.gif", "sub/e.jpg"]
+    assert _found(find_images([tmp_path], exclude=["*.png", "*.gif"]), tmp_path) == [
+        "b.jpg", "sub/e.jpg"]  # repeatable
+    assert _found(find_images([tmp_path], exclude=("b.jpg",)), tmp_path) == [
+        "a.png", "c.gif", "sub/d.png", "sub/e.jpg"]
+
+
+def test_exclude_matches_paths(tmp_path: Path):
+    for name in ["keep/a.png", "drop/b.png", "drop/c.png"]:
+        _touch(tmp_path / name)
+    assert _found(find_images([tmp_path], exclude=["*/drop/*"]), tmp_path) == ["keep/a.png"]
+    exact = (tmp_path / "drop" / "b.png").as_posix()
+    assert _found(find_images([tmp_path], exclude=[exact]), tmp_path) == [
+        "drop/c.png", "keep/a.png"]
+
+
+def test_an_excluded_folder_is_not_entered(tmp_path: Path):
+    # Neither "inside.png" nor its path matches "skipme": it is missing only because its folder
+    # was not entered. The loop inside would be reported if it were.
+    _touch(tmp_path / "skipme" / "inside.png")
+    (tmp_path / "skipme" / "loop.jpg").symlink_to("loop.jpg")
+    _touch(tmp_path / "kept" / "other.png")
+    assert _found(find_images([tmp_path], exclude=["skipme"]), tmp_path) == ["kept/other.png"]
+    assert find_images([tmp_path / "skipme"], exclude=["skipme"]) == []
+
+
+def test_exclude_applies_to_files_named_explicitly(tmp_path: Path):
+    png = _touch(tmp_path / "a.png")
+    jpg = _touch(tmp_path / "b.jpg")
+    assert find_images([png, jpg], exclude=["*.png"]) == [Candidate(str(jpg))]
+
+
+def test_a_missing_path_is_a_usage_error_naming_it(tmp_path: Path):
+    _touch(tmp_path / "ok.png")
+    missing = tmp_path / "no-such-thing.png"
+    with pytest.raises(UsageError, match="no-such-thing.png") as info:
+        find_images([tmp_path, missing])
+    assert "\n" not in info.value.message
+    many = [tmp_path / f"gone{i}" for i in range(5)]
+    with pytest.raises(UsageError, match="gone0.*and 2 more"):
+        find_images(many)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="root reads folders whatever their permissions")
+def test_an_unreadable_folder_is_a_candidate_with_an_error(tmp_path: Path):
+    _touch(tmp_path / "ok.png")
+    locked = tmp_path / "locked"
+    _touch(locked / "hidden.png")
+    locked.chmod(0)
+    try:
+        candidates = find_images([tmp_path])
+    finally:
+        locked.chmod(0o755)
+    assert [c.path for c in candidates] == [str(locked), str(tmp_path / "ok.png")]
+    assert "cannot read folder" in candidates[0].error
+    assert "permission denied" in candidates[0].error.lower()
+    assert candidates[1].error is None
+
+
+def test_a_folder_that_cannot_be_listed_is_a_candidate_with_an_error(tmp_path: Path, monkeypatch):
+    # The same case as above, also when the tests run as root.
+    _touch(tmp_path / "ok.png")
+    locked = tmp_path / "locked"
+    _touch(locked / "hidden.png")
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    candidates = find_images([tmp_path])
+    assert candidates == [Candidate(str(locked), "cannot read folder: permission denied"),
+                          Candidate(str(tmp_path / "ok.png"))]
+
+
+# --- decoding: formats, by content --------------------------------------------------------------
+@pytest.mark.parametrize("fmt, options", [
+    ("JPEG", {"quality": 95}), ("PNG", {}), ("WEBP", {"lossless": True}), ("BMP", {}),
+    ("GIF", {}), ("TIFF", {}),
+])
+def test_each_allowed_format_decodes_by_content_whatever_the_extension(
+        tmp_path: Path, fmt: str, options: dict):
+    image = Image.new("RGB", (12, 7), (40, 90, 200))
+    path = _save(image, tmp_path / "picture.dat", fmt, **options)
+    decoded = open_image(path)
+    assert isinstance(decoded, DecodedImage)
+    assert fmt in ALLOWED_FORMATS
+    assert decoded.format == fmt
+    assert (decoded.width, decoded.height) == (12, 7)
+    assert decoded.image.mode == "RGB" and decoded.image.size == (12, 7)
+    assert _near(decoded.image.getpixel((6, 3)), (40, 90, 200), tolerance=6)
+
+
+def test_a_png_named_jpg_decodes_as_png(tmp_path: Path):
+    path = _save(Image.new("RGB", (5, 3), GREEN), tmp_path / "fake.jpg", "PNG")
+    decoded = open_image(path)
+    assert (decoded.format, decoded.mode, decoded.width, decoded.height) == ("PNG", "RGB", 5, 3)
+    assert decoded.image.getpixel((0, 0)) == GREEN
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PPM", "TGA", "PCX"])
+def test_formats_outside_the_allow_list_are_refused(tmp_path: Path, fmt: str):
+    assert fmt not in ALLOWED_FORMATS
+    path = _save(Image.new("RGB", (16, 16), RED), tmp_path / "image.jpg", fmt)
+    assert Image.open(path).format == fmt  # Pillow itself could decode it
+    with pytest.raises(ImageError, match="not a supported image"):
+        open_image(path)
+
+
+def test_decoded_image_fields(tmp_path: Path):
+    path = _save(Image.new("P", (9, 4)), tmp_path / "p.png")
+    decoded = open_image(path)
+    assert (decoded.format, decoded.mode, decoded.width, decoded.height) == ("PNG", "P", 9, 4)
+    assert decoded.image.mode == "RGB" and decoded.image.size == (9, 4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decoded.width = 3  # type: ignore[misc]
+
+
+# --- decompression bombs ------------------------------------------------------------------------
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` pixels, with almost no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def test_images_over_max_pixels_are_refused(tmp_path: Path):
+    path = _save(_noise((100, 100)), tmp_path / "big.png")
+    with pytest.raises(ImageError) as info:
+        open_image(path, max_pixels=1000)
+    message = info.value.message
+    assert "--max-pixels" in message and "100x100" in message and "\n" not in message
+    with pytest.raises(ImageError, match="--max-pixels"):
+        open_image(path, max_pixels=9_999)
+    assert open_image(path, max_pixels=10_000).width == 100  # the limit itself is allowed
+
+
+@pytest.mark.parametrize("no_limit", [0, None])
+def test_max_pixels_zero_or_none_means_no_limit(tmp_path: Path, no_limit):
+    path = _save(_noise((100, 100)), tmp_path / "big.png")
+    assert open_image(path, max_pixels=no_limit).width == 100
+
+
+def test_the_default_limit_refuses_a_huge_header_before_decoding(tmp_path: Path):
+    assert DEFAULT_MAX_PIXELS == 89_478_485  # Pillow's own warning threshold
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header_only(50_000, 50_000))  # 2.5 gigapixels, 7.5 GB as RGB
+    with pytest.raises(ImageError, match="decompression bomb.*--max-pixels"):
+        open_image(path)
+
+
+def test_pillows_global_pixel_limit_is_restored_and_not_used(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # far below the images here
+    good = _save(_noise((100, 100)), tmp_path / "good.png")
+    assert open_image(good).width == 100  # our limit applies, not Pillow's
+    assert Image.MAX_IMAGE_PIXELS == 50
+    with pytest.raises(ImageError, match="--max-pixels"):
+        open_image(good, max_pixels=10)
+    assert Image.MAX_IMAGE_PIXELS == 50
+    text = _touch(tmp_path / "text.png", b"not an image at all")
+    with pytest.raises(ImageError):
+        open_image(text)
+    assert Image.MAX_IMAGE_PIXELS == 50
+    whole = good.read_bytes()
+    cut = _touch(tmp_path / "cut.png", whole[: len(whole) // 2])
+    with pytest.raises(ImageError):
+        open_image(cut)
+    assert Image.MAX_IMAGE_PIXELS == 50
+
+
+# --- broken files -------------------------------------------------------------------------------
+def _truncated(tmp_path: Path, fmt: str) -> Path:
+    whole = io.BytesIO()
+    _noise((64, 64)).save(whole, fmt)
+    data = whole.getvalue()
+    return _touch(tmp_path / f"cut.{fmt.lower()}", data[: len(data) // 2])
+
+
+def test_a_truncated_jpeg_is_an_error(tmp_path: Path):
+    with pytest.raises(ImageError, match="truncated"):
+        open_image(_truncated(tmp_path, "JPEG"))
+
+
+def test_a_truncated_png_is_an_error(tmp_path: Path):
+    with pytest.raises(ImageError):
+        open_image(_truncated(tmp_path, "PNG"))
+
+
+def test_an_empty_file_is_an_error(tmp_path: Path):
+    with pytest.raises(ImageError, match="empty file"):
+        open_image(_touch(tmp_path / "empty.jpg", b""))
+
+
+def test_text_named_jpg_is_an_error(tmp_path: Path):
+    path = _touch(tmp_path / "notes.jpg", b"Dear diary,\nthis is not a JPEG.\n")
+    with pytest.raises(ImageError, match="not a supported image"):
+        open_image(path)
+
+
+def test_random_bytes_are_an_error(tmp_path: Path):
+    path = _touch(tmp_path / "noise.png", np.random.RandomState(0).bytes(2048))
+    with pytest.raises(ImageError, match="not a supported image"):
+        open_image(path)
+
+
+def test_a_png_with_damaged_pixel_data_is_an_error(tmp_path: Path):
+    whole = io.BytesIO()
+    _noise((64, 64)).save(whole, "PNG")
+    data = bytearray(whole.getvalue())
+    start = data.index(b"IDAT") + 4 + 16  # past the chunk type and the zlib header
+    data[start: start + 64] = bytes(b ^ 0xFF for b in data[start: start + 64])
+    with pytest.raises(ImageError):
+        open_image(_touch(tmp_path / "damaged.png", bytes(data)))
+
+
+def test_a_missing_file_or_a_folder_is_an_error(tmp_path: Path):
+    with pytest.raises(ImageError, match="no such file"):
+        open_image(tmp_path / "missing.png")
+    with pytest.raises(ImageError):
+        open_image(tmp_path)
+
+
+def _broken_files(tmp_path: Path) -> list[Path]:
+    good = io.BytesIO()
+    _noise((32, 32)).save(good, "PNG")
+    return [
+        _touch(tmp_path / "empty.jpg", b""),
+        _touch(tmp_path / "text.jpg", b"line one\nline two\n"),
+        _touch(tmp_path / "random.webp", np.random.RandomState(1).bytes(300)),
+        _touch(tmp_path / "magic-only.png", good.getvalue()[:8]),
+        _touch(tmp_path / "header-only.png", good.getvalue()[:33]),
+        _truncated(tmp_path, "JPEG"),
+        _truncated(tmp_path, "PNG"),
+        _truncated(tmp_path, "GIF"),
+        _truncated(tmp_path, "WEBP"),
+        _truncated(tmp_path, "BMP"),
+        _truncated(tmp_path, "TIFF"),
+        _save(Image.new("RGB", (8, 8)), tmp_path / "image.ico", "ICO"),
+        tmp_path / "missing.png",
+        tmp_path,
+    ]
+
+
+def test_every_failure_is_an_image_error_with_a_one_line_message(tmp_path: Path):
+    for path in _broken_files(tmp_path):
+        with pytest.raises(ImageError) as info:
+            open_image(path)
+        assert type(info.value) is ImageError, path
+        message = info.value.message
+        assert message and "\n" not in message, (path, message)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
+def test_damaged_files_never_raise_anything_but_image_error(tmp_path: Path, fmt: str):
+    # Deterministic damage: cuts at many lengths and bytes overwritten, headers included.
+    whole = io.BytesIO()
+    _noise((16, 16)).save(whole, fmt)
+    data = whole.getvalue()
+    rng = random.Random(fmt)
+    variants = [data[:n] for n in range(1, len(data), max(1, len(data) // 25))]
+    for _ in range(40):
+        damaged = bytearray(data)
+        for _ in range(rng.randint(1, 6)):
+            reach = 64 if rng.random() < 0.5 else len(damaged)
+            damaged[rng.randrange(min(reach, len(damaged)))] = rng.randrange(256)
+        variants.append(bytes(damaged))
+    path = tmp_path / "damaged.img"
+    errors = 0
+    for variant in variants:
+        path.write_bytes(variant)
+        try:
+            decoded = open_image(path)
+        except ImageError as error:
+            errors += 1
+            assert error.message and "\n" not in error.message
+        else:
+            assert decoded.image.mode == "RGB"
+            assert decoded.image.size == (decoded.width, decoded.height)
+    assert errors >= len(variants) // 3  # the cuts at least were refused
+
+
+def test_damaged_metadata_decodes_without_warnings(tmp_path: Path):
+    # An EXIF block whose directory claims more entries than it holds: Pillow warns "Corrupt
+    # EXIF data" while reading it. Nothing may escape (the engine never prints), not even where
+    # warnings are errors (python -W error), and the pixels still decode.
+    exif = (b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x05"
+            b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00")
+    path = _save(Image.new("RGB", (8, 8), (10, 20, 30)), tmp_path / "exif.jpg", exif=exif)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        decoded = open_image(path)
+    assert caught == []
+    assert _near(decoded.image.getpixel((4, 4)), (10, 20, 30))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert open_image(path).width == 8
+
+
+# --- decoding: modes to RGB ---------------------------------------------------------------------
+def test_exif_orientation_is_applied(tmp_path: Path):
+    stored = Image.new("RGB", (40, 20), BLUE)
+    stored.paste(RED, (0, 0, 10, 10))  # the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = _save(stored, tmp_path / "rotated.jpg", quality=95, exif=exif.tobytes())
+    decoded = open_image(path)
+    assert (decoded.width, decoded.height) == (20, 40)
+    assert decoded.image.size == (20, 40)
+    assert _near(decoded.image.getpixel((15, 4)), RED)  # now the top-right corner
+    for corner in [(4, 4), (4, 35), (15, 35)]:
+        assert _near(decoded.image.getpixel(corner), BLUE), corner
+    plain = open_image(_save(stored, tmp_path / "plain.jpg", quality=95))
+    assert (plain.width, plain.height) == (40, 20)
+    assert _near(plain.image.getpixel((4, 4)), RED)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_palette_transparency_is_composited_on_white(tmp_path: Path, fmt: str):
+    image = Image.new("P", (4, 1))
+    image.putpalette([*RED, *GREEN, *BLUE] + [0, 0, 0] * 253)
+    image.putdata([0, 1, 2, 1])
+    path = _save(image, tmp_path / f"p.{fmt.lower()}", fmt, transparency=1)
+    decoded = open_image(path)
+    assert decoded.mode == "P"
+    assert _pixels(decoded.image) == [RED, WHITE, BLUE, WHITE]
+
+
+def test_rgba_alpha_is_composited_on_white(tmp_path: Path):
+    image = Image.new("RGBA", (3, 1))
+    image.putdata([(255, 0, 0, 0), (0, 0, 255, 255), (0, 100, 0, 128)])
+    decoded = open_image(_save(image, tmp_path / "rgba.png"))
+    assert decoded.mode == "RGBA" and decoded.image.mode == "RGB"
+    transparent, opaque, half = _pixels(decoded.image)
+    assert transparent == WHITE
+    assert opaque == BLUE
+    assert _near(half, (127, 177, 127), tolerance=1)
+
+
+def test_la_alpha_is_composited_on_white(tmp_path: Path):
+    image = Image.new("LA", (2, 1))
+    image.putdata([(50, 0), (50, 255)])
+    decoded = open_image(_save(image, tmp_path / "la.png"))
+    assert decoded.mode == "LA"
+    assert _pixels(decoded.image) == [WHITE, (50, 50, 50)]
+
+
+def test_sixteen_bit_gray_is_scaled_not_clipped(tmp_path: Path):
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    decoded = open_image(_save(Image.fromarray(values), tmp_path / "gray16.png"))
+    assert decoded.mode == "I;16"
+    assert _pixels(decoded.image) == [(0, 0, 0), (1, 1, 1), (128, 128, 128), (255, 255, 255)]
+
+
+def test_other_sixteen_bit_modes_are_scaled():
+    big_endian = Image.frombytes("I;16B", (3, 1), bytes([0xFF, 0xFF, 0x01, 0x01, 0x80, 0x00]))
+    assert _pixels(to_rgb(big_endian)) == [(255,) * 3, (1,) * 3, (128,) * 3]
+    wide = Image.fromarray(np.array([[0, 32768, 65535, 70000, -5]], dtype=np.int32))
+    assert wide.mode == "I"
+    assert _pixels(to_rgb(wide)) == [(0,) * 3, (128,) * 3, (255,) * 3, (255,) * 3, (0,) * 3]
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path: Path):
+    image = Image.new("CMYK", (16, 8), (255, 0, 0, 0))  # full cyan
+    image.paste((0, 0, 0, 0), (8, 0, 16, 8))  # white
+    decoded = open_image(_save(image, tmp_path / "cmyk.jpg", quality=95))
+    assert (decoded.format, decoded.mode, decoded.image.mode) == ("JPEG", "CMYK", "RGB")
+    assert _near(decoded.image.getpixel((2, 4)), (0, 255, 255))
+    assert _near(decoded.image.getpixel((13, 4)), WHITE)
+
+
+def test_gray_and_bilevel_are_replicated(tmp_path: Path):
+    gray = Image.new("L", (3, 1))
+    gray.putdata([0, 77, 200])
+    decoded = open_image(_save(gray, tmp_path / "gray.png"))
+    assert decoded.mode == "L"
+    assert _pixels(decoded.image) == [(0, 0, 0), (77, 77, 77), (200, 200, 200)]
+    bilevel = Image.new("1", (2, 1))
+    bilevel.putpixel((1, 0), 1)
+    decoded = open_image(_save(bilevel, tmp_path / "bilevel.png"))
+    assert decoded.mode == "1"
+    assert _pixels(decoded.image) == [(0, 0, 0), WHITE]
+
+
+def test_rgb_passes_through_unchanged():
+    image = _noise((5, 4))
+    assert to_rgb(image) is image
+
+
+@pytest.mark.parametrize("fmt, options", [
+    ("GIF", {"duration": 100, "loop": 0}),
+    ("WEBP", {"duration": 100, "lossless": True}),
+    ("TIFF", {}),
+])
+def test_animations_and_multi_page_files_give_the_first_frame(
+        tmp_path: Path, fmt: str, options: dict):
+    frames = [Image.new("RGB", (8, 6), colour) for colour in (RED, GREEN, BLUE)]
+    path = _save(frames[0], tmp_path / f"frames.{fmt.lower()}", fmt, save_all=True,
+                 append_images=frames[1:], **options)
+    with Image.open(path) as check:
+        assert check.n_frames == 3  # the file really holds three frames
+    decoded = open_image(path)
+    assert decoded.format == fmt and (decoded.width, decoded.height) == (8, 6)
+    assert set(_pixels(decoded.image)) == {RED}
+
+
+def test_animation_whose_first_frame_is_not_red_still_gives_the_first_frame(tmp_path: Path):
+    frames = [Image.new("RGB", (8, 6), colour) for colour in (BLUE, RED)]
+    path = _save(frames[0], tmp_path / "frames.gif", save_all=True, append_images=frames[1:],
+                 duration=100)
+    assert set(_pixels(open_image(path).image)) == {BLUE}
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([0.0, 0.5, 1.0], [0, 128, 255]),  # in [0, 1]: scaled by 255
+    ([-5.0, 100.4, 300.0], [0, 100, 255]),  # outside: clipped to [0, 255]
+    ([-0.25, 0.75, 0.0], [0, 1, 0]),  # negative, so not in [0, 1]: clipped, not scaled
+])
+def test_float_tiff_follows_the_documented_rule(tmp_path: Path, values, expected):
+    image = Image.fromarray(np.array([values], dtype=np.float32))
+    assert image.mode == "F"
+    decoded = open_image(_save(image, tmp_path / "float.tif"))
+    assert (decoded.format, decoded.mode) == ("TIFF", "F")
+    assert _pixels(decoded.image) == [(v, v, v) for v in expected]
