@@ -153,9 +153,9 @@ def _load_folder(folder: Path, *, device: str):
         raise WeightsError(f"{folder}: no {WEIGHTS_NAME} in this detector folder (only "
                            "safetensors weights are loaded)")
     if config.get("pretrained"):
-        from safetensors.torch import load_file
+        from aidetect.model import load_safetensors
 
-        state = load_file(str(weights))
+        state = load_safetensors(weights)
         if set(state) != {"head.weight", "head.bias"}:
             raise WeightsError(f"{weights}: a head-only detector (pretrained "
                                f"{config['pretrained']!r} in {CONFIG_NAME}) holds head.weight "
@@ -218,10 +218,10 @@ def read_single_file_config(path: str | Path) -> dict[str, Any]:
 
 def load_single_file(path: str | Path, *, device: str = "cpu"):
     """A detector from one `.safetensors` file (config in its metadata), strictly loaded."""
-    from safetensors.torch import load_file
+    from aidetect.model import load_safetensors
 
     config = read_single_file_config(path)
-    state = load_file(str(path), device=str(device))
+    state = load_safetensors(path, device=str(device))
     return detector_from_state(config, state, source=str(path), device=device)
 
 

@@ -22,6 +22,59 @@ from aidetect.config import LoraConfig
 _QKV = ("q", "k", "v")
 
 
+def _dropout_scale(p: float) -> float:
+    return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)  # as `native_dropout`: p = 1 drops everything
+
+
+class _LoRAUpdate(torch.autograd.Function):
+    """scaling * [B_n A_n dropout_n(x) for n in q, k, v], concatenated: (B, N, D) -> (B, N, 3D).
+
+    Each projection has its own dropout mask, as three separate LoRA layers would. Plain
+    autograd would keep, per block, three dropped copies of x and (on CPU) three float masks;
+    this keeps x once and three bool masks, and recomputes the dropped inputs in backward.
+    Forward values and masks are those of `F.dropout` (`native_dropout` is its CUDA kernel and
+    draws the same Bernoulli mask as its CPU path); gradients differ from plain autograd only
+    in the order in which the three branches are summed.
+    """
+
+    @staticmethod
+    def forward(ctx, x, p: float, scaling: float, *factors):  # factors: A_q, B_q, A_k, ...
+        masks, hidden, parts = [], [], []
+        for a, b in zip(factors[0::2], factors[1::2], strict=True):
+            dropped = x
+            if p > 0.0:
+                dropped, mask = torch.native_dropout(x, p, True)
+                masks.append(mask)  # bool, a quarter of a float mask
+            hidden.append(F.linear(dropped, a))  # (B, N, r)
+            parts.append(F.linear(hidden[-1], b))  # (B, N, D)
+        ctx.p, ctx.scaling = p, scaling
+        ctx.save_for_backward(x, *factors, *hidden, *masks)
+        return torch.cat(parts, dim=-1).mul_(scaling)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, *saved = ctx.saved_tensors
+        factors, hidden, masks = saved[:6], saved[6:9], saved[9:]
+        width, scale = x.shape[-1], _dropout_scale(ctx.p)
+        flat_x = x.reshape(-1, width)  # (BN, D)
+        grad = (grad * ctx.scaling).reshape(-1, 3 * width)  # (BN, 3D)
+        grad_x, grad_factors = None, []
+        for i, (a, b) in enumerate(zip(factors[0::2], factors[1::2], strict=True)):
+            g = grad[:, i * width : (i + 1) * width]  # (BN, D)
+            h = hidden[i].reshape(-1, a.shape[0])  # (BN, r)
+            dropped = flat_x.mul(masks[i].reshape(-1, width)).mul_(scale) if masks else flat_x
+            grad_h = g @ b  # (BN, r)
+            grad_factors += [grad_h.t() @ dropped, g.t() @ h]  # dA: (r, D), dB: (D, r)
+            if ctx.needs_input_grad[0]:
+                part = grad_h @ a  # (BN, D)
+                if masks:
+                    part = part.mul_(masks[i].reshape(-1, width)).mul_(scale)
+                grad_x = part if grad_x is None else grad_x.add_(part)
+        if grad_x is not None:
+            grad_x = grad_x.view(x.shape)
+        return grad_x, None, None, *grad_factors
+
+
 class LoRAAttention(nn.Module):
     """Multi-head self-attention whose q, k, v projections carry a LoRA update."""
 
@@ -71,17 +124,9 @@ class LoRAAttention(nn.Module):
         x = query if self.batch_first else query.transpose(0, 1)  # (B, N, D)
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, N, 3D)
         if self.enabled:
-            # Each projection has its own dropout mask, as three separate LoRA layers would.
-            qkv = qkv + self.scaling * torch.cat(
-                [
-                    F.linear(
-                        F.linear(self.dropout(x), getattr(self, f"lora_{n}_A")),
-                        getattr(self, f"lora_{n}_B"),
-                    )
-                    for n in _QKV
-                ],
-                dim=-1,
-            )
+            p = self.dropout.p if self.training else 0.0
+            factors = [getattr(self, f"lora_{n}_{ab}") for n in _QKV for ab in "AB"]
+            qkv = qkv + _LoRAUpdate.apply(x, p, self.scaling, *factors)
         batch, tokens, _ = x.shape
         heads = self.num_heads
         qkv = qkv.view(batch, tokens, 3, heads, self.embed_dim // heads).permute(2, 0, 3, 1, 4)

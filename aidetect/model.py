@@ -314,7 +314,6 @@ class Detector(
         # Replaces the mixin's loader, which prints to stdout, loads non-strictly by default and
         # falls back to pickles: a detector loads from safetensors only, every key accounted for.
         from huggingface_hub import hf_hub_download
-        from safetensors.torch import load_file
 
         model_kwargs.pop("aidetect_version", None)
         model_kwargs["pretrained"] = None  # the state dict holds every weight
@@ -332,9 +331,7 @@ class Detector(
                 token=token,
                 local_files_only=local_files_only,
             )
-        # Copied out of the memory map: safetensors' offsets leave tensors unaligned, and BLAS
-        # then takes other code paths whose results differ in the last bits.
-        state = {k: v.clone() for k, v in load_file(weights_file, device=str(map_location)).items()}
+        state = load_safetensors(weights_file, device=str(map_location))
         with torch.device("meta"):  # no random init of weights that are about to be replaced
             model = cls(**model_kwargs)
         load_state(model, state, source=weights_file, strict=strict, assign=True)
@@ -351,6 +348,18 @@ class _VerbatimCard:
         from aidetect.atomic import atomic_write_text
 
         atomic_write_text(path, self.text)
+
+
+def load_safetensors(path: str | Path, *, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, each in memory of its own.
+
+    Copied out of the memory map: safetensors' offsets leave tensors unaligned, BLAS then takes
+    other code paths, and a loaded detector's scores would differ in the last bits from the
+    model that was saved.
+    """
+    from safetensors.torch import load_file
+
+    return {key: value.clone() for key, value in load_file(str(path), device=device).items()}
 
 
 def load_state(
