@@ -245,6 +245,7 @@ def _walk(folder: str, info: os.stat_result, patterns: tuple[str, ...], follow_s
         path = os.path.join(folder, entry.name)
         if _excluded(path, patterns, entry.name):
             continue
+        is_link = False
         try:
             is_link = entry.is_symlink()
             target = os.stat(path)  # follows links

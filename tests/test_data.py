@@ -130,13 +130,15 @@ def test_a_symlinked_folder_named_explicitly_is_entered(tmp_path: Path):
     assert find_images([tmp_path / "link"]) == [Candidate(str(tmp_path / "link" / "far.png"))]
 
 
-def test_a_symlink_to_a_parent_folder_never_loops(tmp_path: Path):
+@pytest.mark.parametrize("target", ["..", ".", "absolute root"])
+def test_a_symlink_to_a_parent_folder_never_loops(tmp_path: Path, target: str):
+    # One link per case: without loop protection each case recurses, but only until the
+    # system's limit on links in a path, so the test fails instead of hanging.
     root = tmp_path / "root"
     _touch(root / "top.png")
     _touch(root / "sub" / "low.png")
-    (root / "sub" / "up").symlink_to("..", target_is_directory=True)
-    (root / "sub" / "self").symlink_to(".", target_is_directory=True)
-    (root / "sub" / "abs").symlink_to(root, target_is_directory=True)
+    link_target = root if target == "absolute root" else Path(target)
+    (root / "sub" / "loop").symlink_to(link_target, target_is_directory=True)
     candidates = find_images([root], follow_symlinks=True)
     assert _found(candidates, root) == ["sub/low.png", "top.png"]
     assert all(c.error is None for c in candidates)
@@ -311,14 +313,19 @@ def test_decoded_image_fields(tmp_path: Path):
 
 
 # --- decompression bombs ------------------------------------------------------------------------
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims `width` x `height` pixels, with almost no pixel data."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return (PNG_SIGNATURE + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
 
 
 def test_images_over_max_pixels_are_refused(tmp_path: Path):
@@ -417,9 +424,24 @@ def test_a_missing_file_or_a_folder_is_an_error(tmp_path: Path):
         open_image(tmp_path)
 
 
+def _png_with_a_bad_second_chunk() -> bytes:
+    """Pixel data split over two IDAT chunks, the second with a garbage type (SyntaxError)."""
+    whole = io.BytesIO()
+    _noise((16, 16)).save(whole, "PNG")
+    data = whole.getvalue()
+    start = data.index(b"IDAT") - 4
+    length = struct.unpack(">I", data[start: start + 4])[0]
+    pixels = data[start + 8: start + 8 + length]
+    half = len(pixels) // 2
+    return (data[:start] + _png_chunk(b"IDAT", pixels[:half])
+            + struct.pack(">I", len(pixels) - half) + b"9\xfc|\x00" + pixels[half:]
+            + b"\x00" * 4 + _png_chunk(b"IEND", b""))
+
+
 def _broken_files(tmp_path: Path) -> list[Path]:
     good = io.BytesIO()
     _noise((32, 32)).save(good, "PNG")
+    short_header = struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0)[:5]  # ValueError in Pillow
     return [
         _touch(tmp_path / "empty.jpg", b""),
         _touch(tmp_path / "text.jpg", b"line one\nline two\n"),
@@ -433,6 +455,8 @@ def _broken_files(tmp_path: Path) -> list[Path]:
         _truncated(tmp_path, "BMP"),
         _truncated(tmp_path, "TIFF"),
         _save(Image.new("RGB", (8, 8)), tmp_path / "image.ico", "ICO"),
+        _touch(tmp_path / "short-ihdr.png", PNG_SIGNATURE + _png_chunk(b"IHDR", short_header)),
+        _touch(tmp_path / "bad-chunk.png", _png_with_a_bad_second_chunk()),
         tmp_path / "missing.png",
         tmp_path,
     ]
