@@ -90,6 +90,9 @@ def open_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
             with Image.open(path, formats=ALLOWED_FORMATS) as image:
                 return _decode(image, limit)
     except UnidentifiedImageError:
+        claimed = _signature_format(path)
+        if claimed is not None:  # the right magic bytes, but Pillow could not read the header
+            raise ImageError(f"corrupt {claimed} header") from None
         raise ImageError(
             "not a supported image (the content is not JPEG, PNG, WebP, BMP, GIF or TIFF)"
         ) from None
@@ -119,6 +122,22 @@ def _decode(image: Image.Image, limit: int | None) -> DecodedImage:
         oriented = image  # a broken EXIF block: keep the pixels as stored
     rgb = to_rgb(oriented)
     return DecodedImage(rgb, file_format, file_mode, rgb.width, rgb.height)
+
+
+# The first bytes of each allowed format, to tell a damaged header from another kind of file.
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
+               (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
+
+
+def _signature_format(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import random
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -28,7 +29,7 @@ def photos(tmp_path: Path) -> Path:
     random_image(120, 90, seed=2).save(folder / "b.JPG", quality=90)
     random_image(64, 64, seed=3).save(folder / "nested" / "c.webp")
     random_image(70, 50, seed=4, mode="RGBA").save(folder / "nested" / "d.png")
-    (folder / "broken.jpg").write_bytes(os.urandom(500))
+    (folder / "broken.jpg").write_bytes(random.Random(0).randbytes(500))
     os.symlink("loop.png", folder / "loop.png")
     return folder
 

@@ -642,3 +642,14 @@ def test_float_tiff_follows_the_documented_rule(tmp_path: Path, values, expected
     decoded = open_image(_save(image, tmp_path / "float.tif"))
     assert (decoded.format, decoded.mode) == ("TIFF", "F")
     assert _pixels(decoded.image) == [(v, v, v) for v in expected]
+
+
+def test_a_damaged_header_is_named_by_its_signature(tmp_path):
+    path = tmp_path / "header.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)  # PNG magic, no valid IHDR chunk
+    with pytest.raises(ImageError, match="^corrupt PNG header$"):
+        open_image(path)
+    other = tmp_path / "words.png"
+    other.write_bytes(b"plain text, not an image at all")
+    with pytest.raises(ImageError, match="not a supported image"):
+        open_image(other)
