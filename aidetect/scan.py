@@ -158,8 +158,7 @@ class Scanner:
         workers = min(workers, -(-len(dataset) // batch_size))  # no idle processes
         loader = torch.utils.data.DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=False,
+            batch_sampler=_batches(len(dataset), batch_size),
             num_workers=workers,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
@@ -199,6 +198,13 @@ class Scanner:
         result.logit = logit
         result.score = score
         result.label = LABEL_AI if score > self.threshold else LABEL_REAL
+
+
+def _batches(count: int, batch_size: int) -> list[list[int]]:
+    """Consecutive batches, the first of one image: the first result (and the progress bar)
+    comes after one image's work instead of a whole batch's. Scores do not depend on it."""
+    order = list(range(count))
+    return [order[:1]] + [order[i : i + batch_size] for i in range(1, count, batch_size)]
 
 
 def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
