@@ -13,8 +13,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 from conftest import random_image
+from PIL import Image
 
 from aidetect.cli.app import main
 from aidetect.report import report_schema
@@ -22,20 +24,45 @@ from aidetect.report import report_schema
 
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
-    """Four good images (two formats, nested), one broken file, one symlink loop."""
+    """Good images of every mode and format a scan decodes, and broken files of each kind."""
     folder = tmp_path / "photos"
     (folder / "nested").mkdir(parents=True)
     random_image(96, 64, seed=1).save(folder / "a.png")
     random_image(120, 90, seed=2).save(folder / "b.JPG", quality=90)
     random_image(64, 64, seed=3).save(folder / "nested" / "c.webp")
     random_image(70, 50, seed=4, mode="RGBA").save(folder / "nested" / "d.png")
+    modes = folder / "modes"
+    modes.mkdir()
+    base = random_image(80, 60, seed=5)
+    base.convert("CMYK").save(modes / "cmyk.jpg")
+    base.convert("L").save(modes / "gray.tiff")
+    base.convert("LA").save(modes / "gray-alpha.png")
+    base.convert("P").save(modes / "palette.gif", transparency=0)
+    base.save(modes / "anim.gif", save_all=True, append_images=[base.rotate(90)])
+    base.save(modes / "plain.bmp")
+    Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257).save(
+        modes / "deep.png")  # 16-bit gray
+    broken = folder / "broken"
+    broken.mkdir()
+    (broken / "empty.png").write_bytes(b"")
+    jpeg = io.BytesIO()
+    base.save(jpeg, format="JPEG")
+    (broken / "truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (broken / "text.jpg").write_text("not an image")
+    png = bytearray((folder / "a.png").read_bytes())
+    png[200:260] = bytes(60)
+    (broken / "corrupt.png").write_bytes(bytes(png))
+    Image.new("L", (4000, 4000)).save(broken / "bomb.png")  # refused with --max-pixels below
     (folder / "broken.jpg").write_bytes(random.Random(0).randbytes(500))
     os.symlink("loop.png", folder / "loop.png")
     return folder
 
 
-GOOD = {"a.png", "b.JPG", "c.webp", "d.png"}
-BAD = {"broken.jpg", "loop.png"}
+GOOD = {"a.png", "b.JPG", "c.webp", "d.png", "cmyk.jpg", "gray.tiff", "gray-alpha.png",
+        "palette.gif", "anim.gif", "plain.bmp", "deep.png"}
+BAD = {"broken.jpg", "loop.png", "empty.png", "truncated.jpg", "text.jpg", "corrupt.png",
+       "bomb.png"}
+BOMB = ("--max-pixels", "1000000")  # bomb.png has 16 million pixels
 
 
 def scan(capsys, *args: str) -> tuple[int, str, str]:
@@ -51,35 +78,42 @@ def names(paths) -> list[str]:
 
 
 def test_json_report_has_every_file_once_and_fits_its_schema(capsys, photos, detector_dir):
-    code, out, err = scan(capsys, str(photos), "--weights", str(detector_dir), "-f", "json")
+    code, out, err = scan(capsys, str(photos), "--weights", str(detector_dir), "-f", "json",
+                          *BOMB)
     assert code == 3  # two files could not be scored
     report = json.loads(out)
     jsonschema.validate(report, report_schema())
     assert names(r["path"] for r in report["results"]) == sorted(GOOD | BAD)
     errors = {Path(r["path"]).name: r["error"] for r in report["results"] if r["error"]}
     assert set(errors) == BAD and "symbolic link loop" in errors["loop.png"]
-    assert report["counts"] == {"total": 6, "scanned": 4, "ai_generated":
-                                report["counts"]["ai_generated"], "real":
-                                4 - report["counts"]["ai_generated"], "errors": 2}
+    assert errors["empty.png"] == "empty file" and "truncated" in errors["truncated.jpg"]
+    assert "--max-pixels" in errors["bomb.png"] and "not a supported" in errors["text.jpg"]
+    counts = report["counts"]
+    assert counts == {"total": 18, "scanned": 11, "ai_generated": counts["ai_generated"],
+                      "real": 11 - counts["ai_generated"], "errors": 7}
+    modes = {Path(r["path"]).name: (r["format"], r["mode"]) for r in report["results"]}
+    assert modes["cmyk.jpg"] == ("JPEG", "CMYK") and modes["deep.png"][1].startswith("I")
+    assert modes["palette.gif"] == ("GIF", "P") and modes["gray.tiff"] == ("TIFF", "L")
     assert report["model"]["source"] == "folder" and len(report["model"]["sha256"]) == 64
     assert report["device"].startswith("cpu") and report["complete"] is True
-    assert "4 scanned" in err and "2 errors" in err  # the summary line, on stderr
+    assert "11 scanned" in err and "7 errors" in err  # the summary line, on stderr
 
 
 def test_jsonl_is_the_default_when_piped(capsys, photos, detector_dir):
-    code, out, _ = scan(capsys, str(photos), "--weights", str(detector_dir))
+    code, out, _ = scan(capsys, str(photos), "--weights", str(detector_dir), *BOMB)
     lines = [json.loads(line) for line in out.splitlines()]
     schema = report_schema()
     for line in lines[:-1]:
         jsonschema.validate(line, {**schema, **schema["$defs"]["result"]})
     assert names(line["path"] for line in lines[:-1]) == sorted(GOOD | BAD)
-    assert lines[-1]["summary"]["counts"]["total"] == 6 and code == 3
+    assert lines[-1]["summary"]["counts"]["total"] == 18 and code == 3
 
 
 def test_csv_and_html_reports_to_files(capsys, photos, detector_dir, tmp_path):
     csv_path, html_path = tmp_path / "out" / "r.csv", tmp_path / "out" / "r.html"
     for path in (csv_path, html_path):  # format from the extension
-        code, out, err = scan(capsys, str(photos), "-w", str(detector_dir), "-o", str(path))
+        code, out, err = scan(capsys, str(photos), "-w", str(detector_dir), "-o", str(path),
+                              *BOMB)
         assert code == 3 and out == "" and f"report written to {path}" in err
     rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
     assert names(r["path"] for r in rows) == sorted(GOOD | BAD)
@@ -141,7 +175,8 @@ def test_paths_from_stdin(capsys, photos, detector_dir, monkeypatch):
 
 def test_exclude_and_pixel_limit(capsys, photos, detector_dir):
     code, out, _ = scan(capsys, str(photos), "-w", str(detector_dir), "-f", "json",
-                        "--exclude", "nested", "--exclude", "broken.*", "--exclude", "loop.png",
+                        "--exclude", "nested", "--exclude", "broken*", "--exclude", "loop.png",
+                        "--exclude", "*/modes",
                         "--max-pixels", "7000")
     results = json.loads(out)["results"]
     assert names(r["path"] for r in results) == ["a.png", "b.JPG"]
@@ -168,12 +203,14 @@ def test_ctrl_c_writes_the_partial_report_marked_incomplete(capsys, photos, dete
     assert "(incomplete)" in err
 
 
-def test_table_on_a_terminal_lists_ai_first(capsys, photos, detector_dir):
+def test_table_on_a_terminal_lists_ai_first(capsys, photos, detector_dir, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # no path folded over two lines
     code, out, _ = scan(capsys, str(photos), "-w", str(detector_dir), "-f", "table",
-                        "--threshold", "0.0")
+                        "--threshold", "0.0", *BOMB)
     ai_rows = [line for line in out.splitlines() if "AI-generated" in line and "│" in line]
-    assert len(ai_rows) == 4 and "4 scanned: 4 AI-generated, 0 real, 2 errors" in out
-    first_error = out.index("broken.jpg")
+    assert len(ai_rows) == len(GOOD) and "11 scanned: 11 AI-generated, 0 real, 7 errors" in out
+    assert all(out.count(f"/{name}") == 1 for name in GOOD | BAD)  # every file, once
+    first_error = min(out.index(name) for name in BAD)
     assert all(out.index(name) < first_error for name in GOOD)
 
 
