@@ -62,13 +62,15 @@ class _LoRAUpdate(torch.autograd.Function):
         for i, (a, b) in enumerate(zip(factors[0::2], factors[1::2], strict=True)):
             g = grad[:, i * width : (i + 1) * width]  # (BN, D)
             h = hidden[i].reshape(-1, a.shape[0])  # (BN, r)
-            dropped = flat_x.mul(masks[i].reshape(-1, width)).mul_(scale) if masks else flat_x
+            # mask * scale is exactly 0 or scale, so x * it equals dropout's x * mask * scale.
+            noise = masks[i].reshape(-1, width).to(x.dtype).mul_(scale) if masks else None
+            dropped = flat_x * noise if masks else flat_x
             grad_h = g @ b  # (BN, r)
             grad_factors += [grad_h.t() @ dropped, g.t() @ h]  # dA: (r, D), dB: (D, r)
             if ctx.needs_input_grad[0]:
                 part = grad_h @ a  # (BN, D)
                 if masks:
-                    part = part.mul_(masks[i].reshape(-1, width)).mul_(scale)
+                    part = part.mul_(noise)
                 grad_x = part if grad_x is None else grad_x.add_(part)
         if grad_x is not None:
             grad_x = grad_x.view(x.shape)

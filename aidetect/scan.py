@@ -5,8 +5,9 @@ model runs in eval mode under `torch.inference_mode`, with LoRA merged. A file t
 scored becomes a result with an `error`; nothing about one file stops the others.
 
 Precision: fp32 on CPU (bf16 is far slower there without AMX); on CUDA, autocast to bf16
-(fp16 on GPUs before Ampere), which keeps scores within 1e-2 of fp32
-(`benchmarks/scan.py --device cuda` measures it); `precision="fp32"` turns it off.
+(fp16 on GPUs before Ampere), meant to keep scores within 1e-2 of fp32:
+`benchmarks/scan.py --device cuda` prints the largest difference; `precision="fp32"` turns
+autocast off.
 """
 
 from __future__ import annotations

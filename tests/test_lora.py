@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from aidetect.config import LoraConfig
@@ -123,3 +125,50 @@ def test_only_lora_parameters_get_gradients(make_detector):
     assert len(params) == 2 * 3 * 2
     assert all(p.grad is not None for p in params)
     assert all(p.grad is None for n, p in detector.visual.named_parameters() if "lora_" not in n)
+
+
+def _reference_attention(layer: LoRAAttention, x: torch.Tensor) -> torch.Tensor:
+    """The adapted attention by plain autograd through `F.dropout`, for comparison."""
+    p = layer.dropout.p
+    updates = [
+        F.linear(F.linear(F.dropout(x, p, layer.training), getattr(layer, f"lora_{n}_A")),
+                 getattr(layer, f"lora_{n}_B"))
+        for n in "qkv"
+    ]
+    qkv = F.linear(x, layer.in_proj_weight, layer.in_proj_bias) + layer.scaling * torch.cat(
+        updates, dim=-1)
+    batch, tokens, width = x.shape
+    heads = layer.num_heads
+    q, k, v = qkv.view(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width)
+    return layer.out_proj(out)
+
+
+def test_lora_backward_equals_autograd_through_dropout(make_detector):
+    detector = make_detector(lora_rank=6, lora_dropout=0.8)
+    _randomise_lora(detector)
+    layer = lora_modules(detector)[0].train()
+    params = lora_parameters(layer)
+    inputs = torch.randn(2, 5, layer.embed_dim, generator=torch.Generator().manual_seed(4))
+    results = []
+    for forward in (lambda x: layer(x, x, x)[0], lambda x: _reference_attention(layer, x)):
+        x = inputs.clone().requires_grad_(True)
+        torch.manual_seed(0)  # the same dropout masks for both
+        out = forward(x)
+        grads = torch.autograd.grad((out * out).sum(), [x, *params])
+        results.append((out, grads))
+    (out, grads), (ref_out, ref_grads) = results
+    assert torch.equal(out, ref_out)  # same masks, same forward values
+    for grad, ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(grad, ref)  # the branches are summed in another order
+
+
+def test_lora_keeps_one_copy_of_its_input_and_bool_masks_for_backward(make_detector):
+    layer = lora_modules(make_detector(lora_rank=6, lora_dropout=0.8))[0].train()
+    x = torch.randn(2, 5, layer.embed_dim, requires_grad=True)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        layer(x, x, x)
+    like_x = {t.untyped_storage().data_ptr(): t.dtype for t in saved if t.shape == x.shape}
+    # Plain autograd through three dropouts keeps six float tensors the size of x (on CPU).
+    assert Counter(like_x.values()) == Counter({torch.bool: 3, torch.float32: 1})
