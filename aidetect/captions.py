@@ -54,7 +54,10 @@ def build_text_tower(
     the image tower never takes memory.
     """
     if pretrained is None:
-        model_cfg = resolve_model_cfg(backbone)
+        try:
+            model_cfg = resolve_model_cfg(backbone)
+        except OSError:  # a missing local-dir or Hub config: create_clip words the error
+            model_cfg = None
         text_cfg = (model_cfg or {}).get("text_cfg")
         # A Hugging Face text tower loads its own weights even for a "random" CLIP, and a class
         # token changes the pooling: both keep open_clip's whole-model path.
