@@ -198,6 +198,14 @@ class Detector(
                                  "pretrained=None and load a state dict")
             self.visual = build_visual(model_cfg, quick_gelu=quick_gelu)
             model_cfg = copy.deepcopy(model_cfg)
+        elif pretrained is None and not has_schema(backbone) and (
+            registered := resolve_model_cfg(backbone)
+        ) is not None:
+            # Random weights: the image tower alone, never the text tower it would drop. The
+            # same weights as open_clip's whole CLIP under the same seed (its visual is built,
+            # and initialised, first).
+            self.visual = build_visual(registered, quick_gelu=quick_gelu)
+            model_cfg = registered
         else:
             clip = create_clip(backbone, pretrained, quick_gelu=quick_gelu)
             self.visual = clip.visual  # the text tower is dropped: a detector scans images only

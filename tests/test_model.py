@@ -147,3 +147,20 @@ def test_captions_encode_each_distinct_caption_once(monkeypatch, tiny_backbone):
     assert batch.shape == (3, 16)
     torch.testing.assert_close(batch[1], batch[2])
     assert not torch.allclose(batch[0], batch[1])
+
+
+def test_random_detector_builds_the_image_tower_alone(tiny_backbone, monkeypatch):
+    import aidetect.model as model_module
+
+    torch.manual_seed(0)
+    expected = model_module.create_clip(tiny_backbone, None).visual.state_dict()
+
+    def no_whole_clip(*args, **kwargs):
+        raise AssertionError("a random detector must not build the text tower")
+
+    monkeypatch.setattr(model_module, "create_clip", no_whole_clip)
+    torch.manual_seed(0)
+    detector = Detector(backbone=tiny_backbone, pretrained=None)
+    built = detector.visual.state_dict()
+    assert built.keys() == expected.keys()
+    assert all(torch.equal(built[k], expected[k]) for k in built)  # same weights, same seed
