@@ -178,7 +178,7 @@ def main() -> None:
         paths = sorted(folder.iterdir())
         stages = time_stages(detector, paths[: min(32, len(paths))], args.batch_size, device)
         tensors = stages.pop("tensors")
-        bare = bare_forward(detector, tensors, args.batch_size, device, repeats=2)
+        bare = bare_forward(detector, tensors, args.batch_size, device, repeats=3)
         scan = scan_subprocess(folder, weights, device=args.device, batch_size=args.batch_size,
                                workers=args.workers)
 
