@@ -701,7 +701,11 @@ class Trainer:
     def run(self) -> TrainResult:
         self.dist = setup_distributed(self.job.device)
         try:
-            return self._run()
+            result = self._run()
+            # No rank tears its process group down while another is still in a collective
+            # (gloo aborts the process then: "terminate called without an active exception").
+            self.dist.barrier()
+            return result
         finally:
             if self.dist.owns_group:
                 torch.distributed.destroy_process_group()
