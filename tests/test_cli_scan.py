@@ -225,3 +225,20 @@ def test_help_documents_the_exit_codes():
     for text in ("--fail-on-ai", "--exclude", "--follow-symlinks", "--max-pixels",
                  "Exit codes", "4 the weights cannot be obtained"):
         assert text in result.output
+
+
+def test_scan_with_a_hub_detector_reports_its_commit(capsys, photos, detector_dir, hub_cache):
+    from conftest import write_hub_cache
+
+    from aidetect.hub import file_sha256
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    write_hub_cache(hub_cache, "owner/name", detector_dir, commit=commit)
+    good = [str(photos / "a.png"), str(photos / "nested")]
+    for reference in ("hf://owner/name", f"owner/name@{commit}"):
+        code, out, _ = scan(capsys, *good, "--weights", reference, "-f", "json")
+        model = json.loads(out)["model"]
+        assert code == 0 and model["source"] == "hub" and model["revision"] == commit
+        assert model["sha256"] == file_sha256(detector_dir / "model.safetensors")
+    code, _, err = scan(capsys, *good, "--weights", "hf://owner/absent")
+    assert code == 4 and "HF_HUB_OFFLINE is set" in err and err.count("\n") == 1
