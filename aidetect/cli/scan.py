@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -145,7 +146,11 @@ def _expand_stdin(paths: list[str]) -> list[str]:
     expanded: list[str] = []
     for path in paths:
         if path == "-":
-            expanded.extend(line.rstrip("\r\n") for line in sys.stdin if line.strip())
+            # Bytes, decoded as the OS decodes file names: any name a `find` prints works.
+            raw = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else None
+            lines = ([os.fsdecode(line.rstrip(b"\r\n")) for line in raw] if raw is not None
+                     else [line.rstrip("\r\n") for line in sys.stdin])
+            expanded.extend(line for line in lines if line.strip())
         else:
             expanded.append(path)
     return expanded
@@ -208,7 +213,7 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
         info.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         writer.finish(info)
     if not quiet and (fmt != "table" or output is not None):
-        err_console.print(summary_line(info), soft_wrap=True)
+        err_console.print(summary_line(info), soft_wrap=True, markup=False)
     if output is not None and not quiet:
         err_console.print(f"report written to {output}", soft_wrap=True, markup=False)
     if not info.complete:
