@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidetect.errors import WeightsError
+from aidetect.errors import UsageError, WeightsError
 
 _STUDENT = "clip_model."
 _FROZEN = "clip_model_frozen.clip_model_frozen."
@@ -405,13 +405,13 @@ def convert_checkpoint(source: str | Path, out: str | Path, *, format: str = "au
                        ) -> ConversionReport:
     """Convert `source` by `format` ('auto' reads the layout from the keys)."""
     if format not in FORMATS:
-        raise WeightsError(f"unknown format {format!r}: choose one of {', '.join(FORMATS)}")
+        raise UsageError(f"--format {format}: choose one of {', '.join(FORMATS)}")
     state = load_checkpoint(source)
     kind = detect_format(state, str(source)) if format == "auto" else format
     if kind == "univfd":
         if single_file:
-            raise WeightsError("--single-file is for full detectors; a UnivFD head is written "
-                               "as a head-only folder")
+            raise UsageError("--single-file is for full detectors; a UnivFD head is written "
+                             "as a head-only folder")
         return convert_univfd(source, out, state=state)
     return convert_dgs_net(source, out, lora_alpha=lora_alpha, single_file=single_file,
                            state=state)

@@ -213,5 +213,8 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
         return None
     if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # bf16 from Ampere (compute capability 8) on; `is_bf16_supported` also says yes to the
+        # emulated bf16 of older GPUs, which is slow.
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
     return torch.bfloat16 if precision == "bf16" else torch.float16

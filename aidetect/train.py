@@ -28,7 +28,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -783,11 +783,6 @@ def _to_cpu(value: Any) -> Any:
 def run_training(job: TrainJob, on_event: Callable[[Event], None] | None = None) -> TrainResult:
     """Train (or finetune, when `job.weights` is set) a detector into `job.out`."""
     return Trainer(job, on_event).run()
-
-
-def recipe_dict(config: TrainConfig) -> dict[str, Any]:
-    """The recipe as plain JSON values."""
-    return json.loads(json.dumps(asdict(config)))
 
 
 __all__ = [

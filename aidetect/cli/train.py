@@ -439,7 +439,8 @@ def eval_command(
             f"{loaded.source} reference: save a local copy of it (a folder with config.json and "
             "model.safetensors) and pass that folder to --weights"
         )
-    fprs = tuple(dict.fromkeys([*CALIBRATION_FPRS, *([calibrate] if calibrate else [])]))
+    extra = [calibrate] if calibrate is not None else []  # 0 is a rate too
+    fprs = tuple(dict.fromkeys([*CALIBRATION_FPRS, *extra]))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=err_console, disable=quiet, transient=True) as progress:
         tasks: dict[str, int] = {}
