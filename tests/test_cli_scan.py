@@ -242,3 +242,33 @@ def test_scan_with_a_hub_detector_reports_its_commit(capsys, photos, detector_di
         assert model["sha256"] == file_sha256(detector_dir / "model.safetensors")
     code, _, err = scan(capsys, *good, "--weights", "hf://owner/absent")
     assert code == 4 and "HF_HUB_OFFLINE is set" in err and err.count("\n") == 1
+
+
+def test_a_failure_mid_scan_keeps_the_partial_report(capsys, photos, detector_dir, tmp_path,
+                                                    monkeypatch):
+    from aidetect.errors import UsageError
+    from aidetect.scan import Scanner
+
+    real_scan = Scanner.scan
+
+    def out_of_memory(self, candidates, **kwargs):
+        yield from real_scan(self, candidates[:3], **kwargs)
+        raise UsageError("out of CUDA memory at batch size 32: pass a smaller --batch-size")
+
+    monkeypatch.setattr(Scanner, "scan", out_of_memory)
+    output = tmp_path / "partial.jsonl"
+    code, _, err = scan(capsys, str(photos), "-w", str(detector_dir), "-o", str(output))
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert code == 2 and err.endswith("aidetect: error: out of CUDA memory at batch size 32: "
+                                      "pass a smaller --batch-size\n")
+    assert len(lines) == 4 and lines[-1]["summary"]["complete"] is False
+    assert f"partial report written to {output}" in err
+
+    def worker_killed(self, candidates, **kwargs):
+        yield from real_scan(self, candidates[:1], **kwargs)
+        raise RuntimeError("DataLoader worker (pid 123) is killed by signal: Segmentation fault.")
+
+    monkeypatch.setattr(Scanner, "scan", worker_killed)
+    code, _, err = scan(capsys, str(photos), "-w", str(detector_dir), "-o", str(output))
+    assert code == 3 and "a decoding worker stopped" in err and "--workers 0" in err
+    assert len(output.read_text().splitlines()) == 2

@@ -169,7 +169,7 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     from aidetect.cli.console import err_console
     from aidetect.data import find_images
     from aidetect.devices import resolve_device
-    from aidetect.errors import EXIT_AI_FOUND, EXIT_INCOMPLETE, EXIT_OK
+    from aidetect.errors import EXIT_AI_FOUND, EXIT_INCOMPLETE, EXIT_OK, AidetectError
     from aidetect.hub import load_detector
     from aidetect.report import needs_thumbnails, open_report, summary_line
     from aidetect.results import ModelInfo, ScanInfo
@@ -198,6 +198,7 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
             err_console.print(f"[yellow]warning:[/] no images found under "
                               f"{escape(', '.join(paths))}", soft_wrap=True)
         started = time.perf_counter()
+        failure: BaseException | None = None
         try:
             with _progress(len(candidates),
                            enabled=not quiet and err_console.is_terminal) as advance:
@@ -209,9 +210,18 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
                     advance()
         except KeyboardInterrupt:
             info.complete = False  # report what was scanned, marked incomplete
+        except (AidetectError, RuntimeError) as error:
+            # Out of GPU memory, a decoding worker killed: keep what was scored, then fail.
+            info.complete = False
+            failure = _scan_failure(error)
         info.elapsed_seconds = time.perf_counter() - started
         info.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         writer.finish(info)
+    if failure is not None:
+        if output is not None and not quiet:
+            err_console.print(f"partial report written to {output}", soft_wrap=True,
+                              markup=False)
+        raise failure
     if not quiet and (fmt != "table" or output is not None):
         err_console.print(summary_line(info), soft_wrap=True, markup=False)
     if output is not None and not quiet:
@@ -223,6 +233,18 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     if info.counts.errors or info.counts.total == 0:
         return EXIT_INCOMPLETE
     return EXIT_OK
+
+
+def _scan_failure(error: BaseException) -> BaseException:
+    """The error to end a scan with: ours as is, a dead DataLoader worker as one line."""
+    from aidetect.errors import EXIT_INCOMPLETE, AidetectError
+
+    if isinstance(error, RuntimeError) and "DataLoader worker" in str(error):
+        reason = str(error).strip().splitlines()[0]
+        return AidetectError(f"a decoding worker stopped ({reason}); the report holds the "
+                             "files scanned before it; rerun with --workers 0 to find the file "
+                             "that crashes the decoder", exit_code=EXIT_INCOMPLETE)
+    return error
 
 
 @contextmanager
