@@ -755,10 +755,12 @@ class Trainer:
                     self._restore_tensors(checkpoint)
                 self._train_stage(1, cfg.probe_epochs)
                 self.position = (2, 0, 0)
-            self._setup_stage2()
-            if checkpoint is not None and stage_of_checkpoint == 2:
-                self._restore_tensors(checkpoint)
-            self._train_stage(2, cfg.epochs)
+            if cfg.epochs > 0 or job.kind == "finetune":
+                # (`train --epochs 0` stops at the stage-1 probe: a UnivFD-style detector.)
+                self._setup_stage2()
+                if checkpoint is not None and stage_of_checkpoint == 2:
+                    self._restore_tensors(checkpoint)
+                self._train_stage(2, cfg.epochs)
             self.position = (2, cfg.epochs, 0)
             self._finish()
         finally:

@@ -218,3 +218,18 @@ def test_resuming_a_finished_run_does_nothing(trained, tiny_local_dir):
     again = run_training(job)
     assert again.already_finished and again.global_step == result.global_step
     assert (root / "run" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_zero_dgs_epochs_keeps_the_trained_probe(tmp_path, tiny_local_dir):
+    import dataclasses
+
+    data = write_labelled_folder(tmp_path / "data", n=4)
+    config = dataclasses.replace(FAST, probe_epochs=1, epochs=0)
+    job = TrainJob(data=data, out=tmp_path / "run", config=config, backbone=tiny_local_dir,
+                   pretrained=None, device="cpu", workers=0)
+    run_training(job)
+    checkpoint = torch.load(tmp_path / "run" / "train" / "checkpoint.pt", weights_only=True)
+    saved = load_file(tmp_path / "run" / "model.safetensors")
+    probe = checkpoint["state"]["head"]  # the stage-1 head as trained
+    assert torch.equal(saved["head.weight"], probe["weight"])
+    assert "text_head" not in checkpoint["state"]  # stage 2 never set up
