@@ -294,7 +294,8 @@ class Detector(
         target.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            kwargs.setdefault("config", self.config)
+            if kwargs.get("config") is None:  # push_to_hub passes config=None explicitly
+                kwargs["config"] = self.config
             result = super().save_pretrained(staging, **kwargs)
             for item in staging.iterdir():
                 os.replace(item, target / item.name)

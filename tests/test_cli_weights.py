@@ -59,7 +59,7 @@ def test_convert_writes_a_loadable_detector(tmp_path: Path, capsys) -> None:
     assert load_detector(str(tmp_path / "dgs")).detector.preprocess_config.method == "patches"
 
 
-def test_convert_errors_exit_4(tmp_path: Path, capsys) -> None:
+def test_convert_errors_exit_4_and_bad_options_2(tmp_path: Path, capsys) -> None:
     code, out, err = run(["convert", str(tmp_path / "missing.pth"), "--out",
                           str(tmp_path / "o")], capsys)
     assert (code, out) == (4, "")
@@ -67,10 +67,10 @@ def test_convert_errors_exit_4(tmp_path: Path, capsys) -> None:
     torch.save({"weight": torch.zeros(1, 768), "bias": torch.zeros(1)}, tmp_path / "fc.pth")
     code, _, err = run(["convert", str(tmp_path / "fc.pth"), "--out", str(tmp_path / "o.st"),
                         "--single-file"], capsys)
-    assert code == 4 and "--single-file is for full detectors" in err
+    assert code == 2 and "--single-file is for full detectors" in err  # a usage error
     code, _, err = run(["convert", str(tmp_path / "fc.pth"), "--out", str(tmp_path / "o"),
                         "--format", "bogus"], capsys)
-    assert code == 4 and "unknown format 'bogus'" in err
+    assert code == 2 and "--format bogus: choose one of auto, dgs-net, univfd" in err
 
 
 @pytest.fixture
@@ -110,6 +110,8 @@ def test_push_uploads_config_weights_and_keeps_the_card(detector_dir: Path, fake
     assert upload["files"]["README.md"].decode() == "# My detector\n\nTrained on my data.\n"
     config = json.loads(upload["files"]["config.json"])
     assert config["pretrained"] is None and "model_cfg" in config
+    assert config["aidetect_version"] and config == json.loads(
+        (detector_dir / "config.json").read_text())  # the folder's own config, as saved
 
 
 def test_push_without_a_card_writes_the_mixin_card(detector_dir: Path, fake_hub,
