@@ -340,7 +340,7 @@ def convert_univfd(source: str | Path, out: str | Path, *, preset: str = "univfd
 
     from aidetect import __version__
     from aidetect.atomic import atomic_write_bytes, atomic_write_text
-    from aidetect.model import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+    from aidetect.config import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
     from aidetect.presets import get_preset
 
     source = str(source)

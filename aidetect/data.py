@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from aidetect.config import DEFAULT_MAX_PIXELS
 from aidetect.errors import ImageError
 
 # The formats a scan decodes; anything else is refused by content, whatever its extension.
@@ -41,8 +42,6 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF")
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 )
-# Pillow's own warning threshold (about 89.5 megapixels): above it we refuse, not warn.
-DEFAULT_MAX_PIXELS = 89_478_485
 BACKGROUND = (255, 255, 255)  # behind transparent pixels
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})

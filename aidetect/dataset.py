@@ -26,14 +26,12 @@ import torch
 from PIL import Image, ImageFilter
 
 from aidetect.config import PreprocessConfig
+from aidetect.data import IMAGE_EXTENSIONS
 from aidetect.errors import ImageError, UsageError
 from aidetect.preprocess import preprocess_tensor, to_tensor
 
 REAL_DIRS = ("0_real", "real")
 FAKE_DIRS = ("1_fake", "fake")
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
-)
 GENERIC_CAPTION = "a photo"  # when neither a captions file nor a class name says more
 
 
@@ -88,7 +86,7 @@ def _label_dirs(folder: Path) -> tuple[list[Path], list[Path]]:
 
 def _images_under(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
     )
 
 

@@ -209,7 +209,8 @@ def write_threshold(folder: str | Path, threshold: float, *, fpr: float,
     """Store `threshold` in a local detector folder's config.json and model card, atomically."""
     from aidetect.atomic import atomic_write_text
     from aidetect.card import update_threshold
-    from aidetect.model import CONFIG_NAME, read_config
+    from aidetect.config import CONFIG_NAME
+    from aidetect.model import read_config
 
     folder = Path(folder)
     if not 0.0 <= threshold <= 1.0:

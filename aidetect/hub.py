@@ -119,7 +119,7 @@ def load_detector(reference: str, *, device: str = "cpu") -> LoadedDetector:
 
 
 def _weights_name() -> str:
-    from aidetect.model import WEIGHTS_NAME
+    from aidetect.config import WEIGHTS_NAME
 
     return WEIGHTS_NAME
 
@@ -128,7 +128,7 @@ def _weights_name() -> str:
 def _check_config(config: dict[str, Any], source: str) -> None:
     """Refuse configs that are not a detector's, or come from a newer aidetect, in one line."""
     from aidetect import __version__
-    from aidetect.model import FORMAT_VERSION
+    from aidetect.config import FORMAT_VERSION
 
     if not isinstance(config, dict) or "backbone" not in config:
         raise WeightsError(f"{source}: not an aidetect detector config (no 'backbone')")
@@ -144,7 +144,8 @@ def _check_config(config: dict[str, Any], source: str) -> None:
 def _load_folder(folder: Path, *, device: str):
     """A detector folder; a head-only one (`pretrained` set in its config) builds its image tower
     from that open_clip tag and reads only the head from model.safetensors."""
-    from aidetect.model import CONFIG_NAME, WEIGHTS_NAME, Detector, read_config
+    from aidetect.config import CONFIG_NAME, WEIGHTS_NAME
+    from aidetect.model import Detector, read_config
 
     config = read_config(folder)
     _check_config(config, str(folder / CONFIG_NAME))
@@ -358,7 +359,7 @@ def fetch_hub_detector(repo_id: str, *, revision: str | None = None) -> tuple[Pa
     """
     from huggingface_hub import hf_hub_download
 
-    from aidetect.model import CONFIG_NAME, WEIGHTS_NAME
+    from aidetect.config import CONFIG_NAME, WEIGHTS_NAME
 
     common = {"cache_dir": hub_cache_dir(), "local_files_only": hub_offline()}
     config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, **common))
@@ -385,7 +386,7 @@ def cached_detectors() -> list[CachedDetector]:
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
-    from aidetect.model import CONFIG_NAME, WEIGHTS_NAME
+    from aidetect.config import CONFIG_NAME, WEIGHTS_NAME
 
     try:
         info = scan_cache_dir(hub_cache_dir())
@@ -419,7 +420,7 @@ def push_detector(folder: str | Path, repo_id: str, *, private: bool = False,
     The folder must load as a detector (refused with a `WeightsError` otherwise). Its own
     README.md model card is kept; without one, the mixin writes its card.
     """
-    from aidetect.model import CONFIG_NAME, WEIGHTS_NAME
+    from aidetect.config import CONFIG_NAME, WEIGHTS_NAME
 
     source = Path(folder).expanduser()
     if not source.is_dir():

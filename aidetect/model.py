@@ -26,9 +26,12 @@ from torch import nn
 
 from aidetect import __version__
 from aidetect.config import (
+    CONFIG_NAME,
     DEFAULT_BACKBONE,
     DEFAULT_PRETRAINED,
     DEFAULT_THRESHOLD,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
     LoraConfig,
     PreprocessConfig,
 )
@@ -39,9 +42,6 @@ from aidetect.preprocess import build_transform
 logger = logging.getLogger(__name__)
 
 # Bumped when a saved detector's layout changes incompatibly; newer files are refused.
-FORMAT_VERSION = 1
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 
 def has_schema(backbone: str) -> bool:

@@ -20,6 +20,7 @@ from aidetect.cli.options import (
     QuietOption,
     WeightsOption,
 )
+from aidetect.config import DEFAULT_MAX_PIXELS
 
 SCAN_EXAMPLES = """
 Examples:
@@ -110,7 +111,7 @@ def scan_command(
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=0, help="Refuse images with more pixels than "
                           "this (decompression bombs); 0: no limit.")
-    ] = 89_478_485,
+    ] = DEFAULT_MAX_PIXELS,
     precision: Annotated[
         Precision, typer.Option("--precision", help="auto: bf16 (fp16 before Ampere) on CUDA, "
                                 "fp32 on CPU.")
