@@ -71,3 +71,18 @@ def test_unknown_command_is_a_usage_error():
     result = _run("-m", "aidetect", "no-such-command")
     assert result.returncode == 2
     assert "no-such-command" in result.stderr
+
+
+def test_models_lists_presets_without_importing_torch():
+    code = (
+        "import sys\n"
+        "from aidetect.cli import main\n"
+        "try:\n"
+        "    main(['models', '--json'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        "print('TORCH=' + str('torch' in sys.modules))\n"
+    )
+    result = _run("-c", code)
+    assert result.returncode == 0, result.stderr
+    assert '"univfd"' in result.stdout and "TORCH=False" in result.stdout
