@@ -105,17 +105,28 @@ def load_detector(reference: str, *, device: str = "cpu") -> LoadedDetector:
         if ref.kind == "preset":
             return _load_preset(reference, device=device)
         if ref.kind == "folder":
-            detector = _load_folder(Path(ref.target), device=device)
-            return LoadedDetector(detector, reference, "folder", ref.target,
-                                  file_sha256(Path(ref.target) / _weights_name()))
+            folder = Path(ref.target)
+            return _hashed_while_loading(folder / _weights_name(), lambda: LoadedDetector(
+                _load_folder(folder, device=device), reference, "folder", ref.target, ""))
         if ref.kind == "file":
-            detector = load_single_file(ref.target, device=device)
-            return LoadedDetector(detector, reference, "file", ref.target,
-                                  file_sha256(ref.target))
+            return _hashed_while_loading(Path(ref.target), lambda: LoadedDetector(
+                load_single_file(ref.target, device=device), reference, "file", ref.target, ""))
         snapshot, commit = fetch_hub_detector(ref.target, revision=ref.revision)
-        detector = _load_folder(snapshot, device=device)
-        return LoadedDetector(detector, reference, "hub", str(snapshot),
-                              file_sha256(snapshot / _weights_name()), revision=commit)
+        return _hashed_while_loading(snapshot / _weights_name(), lambda: LoadedDetector(
+            _load_folder(snapshot, device=device), reference, "hub", str(snapshot), "",
+            revision=commit))
+
+
+def _hashed_while_loading(weights: Path, load) -> LoadedDetector:
+    """`load()`, with the weights file's sha256 computed meanwhile in a thread (hashlib
+    releases the GIL): a ViT-L file is 1.2 GB, seconds of hashing otherwise added to start-up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        digest = pool.submit(file_sha256, weights)
+        loaded = load()
+        loaded.sha256 = digest.result()
+    return loaded
 
 
 def _weights_name() -> str:

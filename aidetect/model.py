@@ -25,6 +25,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from aidetect import __version__
+from aidetect.atomic import default_file_mode
 from aidetect.config import (
     CONFIG_NAME,
     DEFAULT_BACKBONE,
@@ -297,7 +298,9 @@ class Detector(
             if kwargs.get("config") is None:  # push_to_hub passes config=None explicitly
                 kwargs["config"] = self.config
             result = super().save_pretrained(staging, **kwargs)
+            mode = default_file_mode()  # the library writes some files private (0600)
             for item in staging.iterdir():
+                item.chmod(mode)
                 os.replace(item, target / item.name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

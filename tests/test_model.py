@@ -164,3 +164,16 @@ def test_random_detector_builds_the_image_tower_alone(tiny_backbone, monkeypatch
     built = detector.visual.state_dict()
     assert built.keys() == expected.keys()
     assert all(torch.equal(built[k], expected[k]) for k in built)  # same weights, same seed
+
+
+def test_saved_folder_files_get_ordinary_permissions(make_detector, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        make_detector().save_pretrained(tmp_path / "det")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "det").iterdir()}
+    assert modes == {"README.md": 0o644, "config.json": 0o644, "model.safetensors": 0o644}
