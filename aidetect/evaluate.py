@@ -64,8 +64,13 @@ def predict(
     workers: int = 0,
     indices: Sequence[int] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Predictions:
-    """Probabilities for the images of `dataset` (or its `indices`); bad files are set aside."""
+    """Probabilities for the images of `dataset` (or its `indices`); bad files are set aside.
+
+    `dtype`: autocast the model to it (what `scan` does on CUDA; `aidetect.scan.autocast_dtype`),
+    so that thresholds calibrated here hold for the scans that use them; None for fp32.
+    """
     order = list(range(len(dataset))) if indices is None else list(indices)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     labels, scores, failures = [], [], []
@@ -77,10 +82,13 @@ def predict(
             failures += batch.failures
             if len(batch):
                 try:
-                    logits = detector(batch.images.to(device, non_blocking=True))
+                    with torch.autocast(torch.device(device).type,
+                                        dtype=dtype or torch.float32, enabled=dtype is not None):
+                        logits = detector(batch.images.to(device, non_blocking=True))
                 except torch.OutOfMemoryError:
                     raise out_of_memory_error(batch_size) from None
-                scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+                # float64, as `scan` computes its scores
+                scores.append(torch.sigmoid(logits.double()).cpu().numpy())
                 labels.append(batch.labels.numpy().astype(np.int64))
             if on_batch is not None:
                 on_batch(len(batch) + len(batch.failures))
@@ -153,8 +161,12 @@ def evaluate(
     blur_sigma: float | None = None,
     fprs: Sequence[float] = CALIBRATION_FPRS,
     on_progress: Callable[[Progress], None] | None = None,
+    precision: str = "auto",
 ) -> EvalReport:
     """Score every subset of `bench` with `detector` at its threshold.
+
+    `precision` as `aidetect scan` takes it ("auto": bf16/fp16 autocast on CUDA, fp32 on CPU),
+    so that the scores, and the calibrated thresholds, are the ones a scan will see.
 
     Raises `UsageError` when the folder holds no subset, or a subset lacks real or fake images.
     """
@@ -162,6 +174,9 @@ def evaluate(
         raise UsageError(f"--jpeg-quality must be in 1..100, got {jpeg_quality}")
     if blur_sigma is not None and blur_sigma < 0:
         raise UsageError(f"--blur-sigma must be >= 0, got {blur_sigma}")
+    from aidetect.scan import autocast_dtype
+
+    dtype = autocast_dtype(torch.device(device), precision)
     threshold = float(detector.threshold)
     results, failures, all_labels, all_scores = [], [], [], []
     for name, image_set in find_subsets(bench):
@@ -180,7 +195,7 @@ def evaluate(
 
         found = predict(
             detector, dataset, device=device, batch_size=batch_size, workers=workers,
-            on_batch=report,
+            on_batch=report, dtype=dtype,
         )
         failures += found.failures
         for label, kind in ((0, "real"), (1, "AI-generated")):

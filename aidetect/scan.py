@@ -131,7 +131,7 @@ class Scanner:
         self.detector = detector.to(device).eval().requires_grad_(False)
         self.device = device
         self.threshold = float(threshold)
-        self.dtype = _autocast_dtype(device, precision)
+        self.dtype = autocast_dtype(device, precision)
 
     @property
     def description(self) -> str:
@@ -208,7 +208,7 @@ def _batches(count: int, batch_size: int) -> list[list[int]]:
     return [order[:1]] + [order[i : i + batch_size] for i in range(1, count, batch_size)]
 
 
-def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """None for fp32; otherwise the dtype autocast runs the model in."""
     if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
         return None
