@@ -59,13 +59,18 @@ def _register_commands() -> None:
 
 
 @contextmanager
-def stdout_reader_may_leave() -> Iterator[None]:
-    """Exit 141 quietly when the reader of stdout goes away (`aidetect scan ... | head`).
+def interruptions() -> Iterator[None]:
+    """Ctrl-C exits 130 with `aidetect: error: interrupted`; a reader of stdout that goes away
+    (`aidetect scan ... | head`) exits 141 quietly.
 
-    Click would exit 1 on a broken pipe, which `scan --fail-on-ai` uses for "AI found".
+    Inside the command, because Click (depending on its version) would turn either into exit
+    1, which `scan --fail-on-ai` uses for "AI found".
     """
     try:
         yield
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        raise typer.Exit(130) from None
     except BrokenPipeError:
         # Point stdout at /dev/null so that the exit-time flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

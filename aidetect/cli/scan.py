@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from aidetect.cli.app import app, stdout_reader_may_leave
+from aidetect.cli.app import app, interruptions
 from aidetect.cli.options import (
     BatchSizeOption,
     DeviceOption,
@@ -123,7 +123,7 @@ def scan_command(
     if not paths:
         raise UsageError("no paths given: aidetect scan PATH... (or - to read paths from stdin)")
     fmt = _choose_format(report_format, output)
-    with stdout_reader_may_leave():
+    with interruptions():
         code = run_scan(
             paths=_expand_stdin(paths), weights=weights, device=device, batch_size=batch_size,
             workers=workers, threads=threads, threshold=threshold, fmt=fmt, output=output,

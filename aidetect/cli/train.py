@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from aidetect.cli.app import app
+from aidetect.cli.app import app, interruptions
 from aidetect.cli.options import (
     DeviceOption,
     OutputOption,
@@ -213,7 +213,8 @@ def _run_job(job, quiet: bool) -> None:
     from aidetect.cli.console import err_console
     from aidetect.train import run_training
 
-    with _TrainDisplay(quiet) as display:
+    with interruptions(), _TrainDisplay(quiet) as display:
+        # Interrupted, the run resumes from its last checkpoint with --resume.
         result = run_training(job, on_event=display)
     if not quiet and not result.already_finished and _is_main_process():
         skipped = f"; {len(result.skipped)} unreadable images skipped" if result.skipped else ""
@@ -421,6 +422,7 @@ def eval_command(
     import json
     import sys
 
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from aidetect.atomic import atomic_write_text
@@ -441,8 +443,9 @@ def eval_command(
         )
     extra = [calibrate] if calibrate is not None else []  # 0 is a rate too
     fprs = tuple(dict.fromkeys([*CALIBRATION_FPRS, *extra]))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=err_console, disable=quiet, transient=True) as progress:
+    with interruptions(), Progress(TextColumn("{task.description}"), BarColumn(),
+                                   MofNCompleteColumn(), console=err_console, disable=quiet,
+                                   transient=True) as progress:
         tasks: dict[str, int] = {}
 
         def on_progress(event) -> None:
@@ -455,7 +458,8 @@ def eval_command(
             jpeg_quality=jpeg_quality, blur_sigma=blur_sigma, fprs=fprs, on_progress=on_progress,
         )
     for failure in report.failures:
-        err_console.print(f"[yellow]warning:[/] skipped {failure.path}: {failure.reason}")
+        err_console.print(f"[yellow]warning:[/] skipped {escape(str(failure.path))}: "
+                          f"{escape(failure.reason)}", soft_wrap=True)
     model = {"reference": loaded.reference, "source": loaded.source, "path": loaded.path,
              "sha256": loaded.sha256, "revision": loaded.revision}
     document = report.to_dict(model)
