@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from aidetect.errors import UsageError
+
+
+def default_workers() -> int:
+    """Decoding processes: enough to keep the model fed, leaving it most of the cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, (cores or 1) // 2))
 
 
 def resolve_device(name: str = "auto") -> torch.device:

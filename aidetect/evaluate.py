@@ -156,7 +156,7 @@ def evaluate(
     *,
     device: torch.device,
     batch_size: int = 32,
-    workers: int = 0,
+    workers: int | None = 0,
     jpeg_quality: int | None = None,
     blur_sigma: float | None = None,
     fprs: Sequence[float] = CALIBRATION_FPRS,
@@ -177,6 +177,10 @@ def evaluate(
     from aidetect.scan import autocast_dtype
 
     dtype = autocast_dtype(torch.device(device), precision)
+    if workers is None:
+        from aidetect.devices import default_workers
+
+        workers = default_workers()
     threshold = float(detector.threshold)
     results, failures, all_labels, all_scores = [], [], [], []
     for name, image_set in find_subsets(bench):

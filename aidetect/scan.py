@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -22,18 +21,13 @@ import torch
 
 from aidetect.config import PreprocessConfig
 from aidetect.data import DEFAULT_MAX_PIXELS, Candidate, open_image
+from aidetect.devices import default_workers
 from aidetect.errors import ImageError, UsageError
 from aidetect.preprocess import preprocess_tensor, to_tensor
 from aidetect.results import LABEL_AI, LABEL_REAL, ImageResult
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 THUMBNAIL_SIDE = 256  # px, the longer side of an HTML report's thumbnails
-
-
-def default_workers() -> int:
-    """Decoding processes: enough to keep the model fed, leaving it most of the cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(4, (cores or 1) // 2))
 
 
 @dataclass

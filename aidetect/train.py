@@ -80,7 +80,7 @@ class TrainJob:
         captions: a JSON file mapping image paths (relative to `data`) to captions.
         val: a validation folder, evaluated after each epoch.
         device: auto, cpu, cuda or cuda:N (under torchrun, each rank takes cuda:LOCAL_RANK).
-        workers: DataLoader worker processes per rank.
+        workers: DataLoader worker processes per rank (None: `devices.default_workers()`).
         save_every: steps between checkpoints (0: epoch ends only).
         resume: continue from OUT/train/checkpoint.pt.
     """
@@ -95,7 +95,7 @@ class TrainJob:
     captions: Path | None = None
     val: Path | None = None
     device: str = "auto"
-    workers: int = 4
+    workers: int | None = None
     save_every: int = 500
     resume: bool = False
 
@@ -573,7 +573,7 @@ class Trainer:
             batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
             mine = [b[dist.rank :: dist.world] for b in batches[first:]]
             dataset.stage, dataset.epoch = stage, epoch
-            loader = make_loader(dataset, mine, workers=self.job.workers, seed=self.cfg.seed,
+            loader = make_loader(dataset, mine, workers=self.workers, seed=self.cfg.seed,
                                  pin_memory=dist.device.type == "cuda")
             self.emit(EpochStart(stage, epoch, epochs, len(batches), first))
             for step, batch in enumerate(loader, start=first + 1):
@@ -628,7 +628,7 @@ class Trainer:
         mine = list(range(self.dist.rank, len(dataset), self.dist.world))
         found = predict(
             self.detector, dataset, device=self.dist.device, batch_size=self.cfg.batch_size,
-            workers=self.job.workers, indices=mine,
+            workers=self.workers, indices=mine,
         )
         parts = self.dist.gather((found.labels.tolist(), found.scores.tolist()))
         labels = np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts])
@@ -712,6 +712,9 @@ class Trainer:
 
     def _run(self) -> TrainResult:
         job, cfg, dist = self.job, self.cfg, self.dist
+        from aidetect.devices import default_workers
+
+        self.workers = default_workers() if job.workers is None else job.workers
         if cfg.batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
         self.image_set = find_images(job.data, classes=job.classes)

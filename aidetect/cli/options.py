@@ -24,8 +24,9 @@ BatchSizeOption = Annotated[
     int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")
 ]
 WorkersOption = Annotated[
-    int,
-    typer.Option("--workers", "-j", min=0, help="Processes decoding images (0: in the main one)."),
+    int | None,
+    typer.Option("--workers", "-j", min=0, show_default="half the cores, at most 4",
+                 help="Processes decoding images (0: in the main one)."),
 ]
 QuietOption = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bar or log lines on stderr.")

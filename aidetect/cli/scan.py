@@ -19,6 +19,7 @@ from aidetect.cli.options import (
     OutputOption,
     QuietOption,
     WeightsOption,
+    WorkersOption,
 )
 from aidetect.config import DEFAULT_MAX_PIXELS
 
@@ -74,11 +75,7 @@ def scan_command(
     weights: WeightsOption = "univfd",
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 32,
-    workers: Annotated[
-        int | None,
-        typer.Option("--workers", "-j", min=0, show_default="half the cores, at most 4",
-                     help="Processes decoding images (0: in the main one)."),
-    ] = None,
+    workers: WorkersOption = None,
     threads: Annotated[
         int | None,
         typer.Option("--threads", min=1, show_default="all cores",

@@ -263,7 +263,7 @@ def train_command(
     align_weight: AlignOption = _T.align_weight,
     seed: SeedOption = _T.seed,
     device: DeviceOption = "auto",
-    workers: WorkersOption = 4,
+    workers: WorkersOption = None,
     save_every: SaveEveryOption = 500,
     resume: ResumeOption = False,
     val: ValOption = None,
@@ -306,7 +306,7 @@ def finetune_command(
     align_weight: AlignOption = _T.align_weight,
     seed: SeedOption = _T.seed,
     device: DeviceOption = "auto",
-    workers: WorkersOption = 4,
+    workers: WorkersOption = None,
     save_every: SaveEveryOption = 500,
     resume: ResumeOption = False,
     val: ValOption = None,
@@ -400,7 +400,7 @@ def eval_command(
     batch_size: Annotated[
         int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")
     ] = 32,
-    workers: WorkersOption = 4,
+    workers: WorkersOption = None,
     device: DeviceOption = "auto",
     jpeg_quality: Annotated[
         int | None, typer.Option("--jpeg-quality", min=1, max=100,
