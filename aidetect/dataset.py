@@ -100,7 +100,7 @@ def is_layout(folder: Path) -> bool:
     )
 
 
-def find_images(
+def find_labelled_images(
     root: str | Path, *, classes: Sequence[str] | None = None, what: str = "--data"
 ) -> ImageSet:
     """The labelled images under `root`; `classes` picks class folders (all by default).
@@ -168,9 +168,9 @@ def find_subsets(bench: str | Path) -> list[tuple[str, ImageSet]]:
         raise UsageError(f"--data {bench}: no such folder")
     real, fake = _label_dirs(bench)
     if real or fake:
-        return [(bench.name, find_images(bench))]
+        return [(bench.name, find_labelled_images(bench))]
     subsets = [
-        (child.name, find_images(child, what="subset"))
+        (child.name, find_labelled_images(child, what="subset"))
         for child in sorted(bench.iterdir())
         if child.is_dir() and is_layout(child)
     ]

@@ -50,7 +50,7 @@ from aidetect.dataset import (
     ImageDataset,
     ImageSet,
     epoch_order,
-    find_images,
+    find_labelled_images,
     make_loader,
     resolve_captions,
 )
@@ -717,10 +717,10 @@ class Trainer:
         self.workers = default_workers() if job.workers is None else job.workers
         if cfg.batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
-        self.image_set = find_images(job.data, classes=job.classes)
+        self.image_set = find_labelled_images(job.data, classes=job.classes)
         self.files_digest = _files_digest(self.image_set)
         self.captions = resolve_captions(self.image_set, job.captions)
-        self.val_set = find_images(job.val, what="--val") if job.val else None
+        self.val_set = find_labelled_images(job.val, what="--val") if job.val else None
         self.emit(Note(f"training data: {self.image_set.describe()}"))
         self.emit(Note(f"captions: {self.captions.source}"))
         checkpoint = self._check_paths()

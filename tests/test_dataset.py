@@ -16,7 +16,7 @@ from aidetect.dataset import (
     augment,
     collate,
     epoch_order,
-    find_images,
+    find_labelled_images,
     find_subsets,
     jpeg_recompress,
     make_loader,
@@ -35,7 +35,7 @@ def test_flat_layout_with_aliases_and_any_case(tmp_path):
     _write(tmp_path / "Real", "real", 3)
     _write(tmp_path / "1_FAKE" / "nested", "fake", 2)
     (tmp_path / "1_FAKE" / "notes.txt").write_text("not an image")
-    found = find_images(tmp_path)
+    found = find_labelled_images(tmp_path)
     assert (found.n_real, found.n_fake, found.classes) == (3, 2, ())
     assert found.labels == [0, 0, 0, 1, 1]
     assert all(s.group is None for s in found.samples)
@@ -43,27 +43,27 @@ def test_flat_layout_with_aliases_and_any_case(tmp_path):
 
 def test_class_layout_and_class_selection(make_labelled_folder, tmp_path):
     root = make_labelled_folder(tmp_path / "data", n=2, classes=["car", "cat", "horse"])
-    everything = find_images(root)
+    everything = find_labelled_images(root)
     assert everything.classes == ("car", "cat", "horse") and len(everything.samples) == 12
-    chosen = find_images(root, classes=["CAT", "car"])
+    chosen = find_labelled_images(root, classes=["CAT", "car"])
     assert chosen.classes == ("cat", "car")
     assert {s.group for s in chosen.samples} == {"cat", "car"}
     with pytest.raises(UsageError, match="no class folder dog .*found car, cat, horse"):
-        find_images(root, classes=["dog"])
+        find_labelled_images(root, classes=["dog"])
 
 
 def test_layout_errors_say_what_was_found(tmp_path):
     _write(tmp_path / "0_real", "real", 2)
     with pytest.raises(UsageError, match="found 2 real and 0 AI-generated images"):
-        find_images(tmp_path)
+        find_labelled_images(tmp_path)
     other = tmp_path / "other"
     (other / "pictures").mkdir(parents=True)
     with pytest.raises(UsageError, match="expected 0_real/ and 1_fake/.*found folders pictures"):
-        find_images(other)
+        find_labelled_images(other)
     with pytest.raises(UsageError, match="no such folder"):
-        find_images(tmp_path / "missing")
+        find_labelled_images(tmp_path / "missing")
     with pytest.raises(UsageError, match="no class folders"):
-        find_images(tmp_path, classes=["cat"])
+        find_labelled_images(tmp_path, classes=["cat"])
 
 
 def test_benchmark_subsets(make_labelled_folder, tmp_path):
@@ -82,7 +82,7 @@ def test_captions_from_file_class_or_generic(make_labelled_folder, tmp_path):
     root = make_labelled_folder(tmp_path / "data", n=1, classes=["golden_retriever", "cat"])
     mapping = {"cat/1_fake/000.png": "a cat on a sofa"}
     (tmp_path / "captions.json").write_text(json.dumps(mapping))
-    image_set = find_images(root)
+    image_set = find_labelled_images(root)
     captions = resolve_captions(image_set, tmp_path / "captions.json")
     by_path = dict(zip((s.path.relative_to(root).as_posix() for s in image_set.samples),
                        captions.texts, strict=True))
@@ -91,7 +91,7 @@ def test_captions_from_file_class_or_generic(make_labelled_folder, tmp_path):
     assert "captions.json (1)" in captions.source and "class folder names (3)" in captions.source
 
     flat = make_labelled_folder(tmp_path / "flat", n=1)
-    generic = resolve_captions(find_images(flat))
+    generic = resolve_captions(find_labelled_images(flat))
     assert set(generic.texts) == {"a photo"} and "generic" in generic.source
 
     (tmp_path / "bad.json").write_text("[1, 2]")
@@ -101,7 +101,7 @@ def test_captions_from_file_class_or_generic(make_labelled_folder, tmp_path):
 
 def test_items_depend_only_on_seed_stage_epoch_and_index(make_labelled_folder, tmp_path):
     root = make_labelled_folder(tmp_path / "data", n=3, size=96)
-    image_set = find_images(root)
+    image_set = find_labelled_images(root)
     config = PreprocessConfig()
     aug = Augment(blur_prob=0.5, jpeg_prob=0.5)
 
@@ -129,7 +129,7 @@ def test_unreadable_files_become_failures_not_crashes(make_labelled_folder, tmp_
     root = make_labelled_folder(tmp_path / "data", n=2)
     (root / "1_fake" / "broken.png").write_bytes(b"\x89PNG not really")
     labelled_image("real", 0, size=20).save(root / "0_real" / "tiny.png")  # under 32 px
-    image_set = find_images(root)
+    image_set = find_labelled_images(root)
     dataset = ImageDataset(image_set.paths, image_set.labels, preprocess=PreprocessConfig())
     batches = [list(range(len(dataset)))]
     (batch,) = list(make_loader(dataset, batches, workers=2))

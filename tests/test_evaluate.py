@@ -11,7 +11,7 @@ from sklearn.metrics import average_precision_score
 
 from aidetect import Detector
 from aidetect.card import update_threshold
-from aidetect.dataset import ImageDataset, find_images
+from aidetect.dataset import ImageDataset, find_labelled_images
 from aidetect.errors import UsageError
 from aidetect.evaluate import evaluate, predict, write_threshold
 from aidetect.metrics import threshold_at_fpr
@@ -26,7 +26,7 @@ def bench(tmp_path):
 
 
 def _scores(detector, folder, **perturbation):
-    image_set = find_images(folder)
+    image_set = find_labelled_images(folder)
     dataset = ImageDataset(image_set.paths, image_set.labels,
                            preprocess=detector.preprocess_config, **perturbation)
     return predict(detector, dataset, device="cpu", batch_size=4)
