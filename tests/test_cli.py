@@ -86,3 +86,18 @@ def test_models_lists_presets_without_importing_torch():
     result = _run("-c", code)
     assert result.returncode == 0, result.stderr
     assert '"univfd"' in result.stdout and "TORCH=False" in result.stdout
+
+
+def test_a_closed_stdout_pipe_exits_141_and_ctrl_c_130(monkeypatch, capsys):
+    import typer
+
+    monkeypatch.setattr(app_module.os, "dup2", lambda *args: None)  # stdout is pytest's here
+    monkeypatch.setattr(app_module.os, "open", lambda *args: 0)
+    with pytest.raises(typer.Exit) as exit_info, app_module.interruptions():
+        raise BrokenPipeError
+    assert exit_info.value.exit_code == 141
+    assert capsys.readouterr().err == ""  # quiet: the reader went away on purpose
+    with pytest.raises(typer.Exit) as exit_info, app_module.interruptions():
+        raise KeyboardInterrupt
+    assert exit_info.value.exit_code == 130
+    assert capsys.readouterr().err == "aidetect: error: interrupted\n"
