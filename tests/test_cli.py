@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -91,11 +92,13 @@ def test_models_lists_presets_without_importing_torch():
 def test_a_closed_stdout_pipe_exits_141_and_ctrl_c_130(monkeypatch, capsys):
     import typer
 
-    monkeypatch.setattr(app_module.os, "dup2", lambda *args: None)  # stdout is pytest's here
-    monkeypatch.setattr(app_module.os, "open", lambda *args: 0)
+    # stdout is pytest's here: record what would be pointed at /dev/null instead.
+    redirected = []
+    monkeypatch.setattr(app_module.os, "dup2", lambda src, dst: redirected.append(dst))
+    monkeypatch.setattr(app_module.sys, "stdout", SimpleNamespace(fileno=lambda: 1))
     with pytest.raises(typer.Exit) as exit_info, app_module.interruptions():
         raise BrokenPipeError
-    assert exit_info.value.exit_code == 141
+    assert exit_info.value.exit_code == 141 and redirected == [1]
     assert capsys.readouterr().err == ""  # quiet: the reader went away on purpose
     with pytest.raises(typer.Exit) as exit_info, app_module.interruptions():
         raise KeyboardInterrupt
