@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidetect.errors import UsageError, WeightsError
+from aidetect.errors import UsageError, WeightsError, first_line
 
 _STUDENT = "clip_model."
 _FROZEN = "clip_model_frozen.clip_model_frozen."
@@ -66,9 +66,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError as error:
         # Never retried with weights_only=False: that would run arbitrary code from the file.
         raise WeightsError(f"{path}: refused by torch.load(weights_only=True): it holds more "
-                           f"than tensors ({_first_line(error)})") from None
+                           f"than tensors ({first_line(error)})") from None
     except (RuntimeError, EOFError, ValueError, OSError) as error:
-        raise WeightsError(f"{path}: not a PyTorch checkpoint ({_first_line(error)})") from None
+        raise WeightsError(f"{path}: not a PyTorch checkpoint ({first_line(error)})") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -415,8 +415,3 @@ def convert_checkpoint(source: str | Path, out: str | Path, *, format: str = "au
         return convert_univfd(source, out, state=state)
     return convert_dgs_net(source, out, lora_alpha=lora_alpha, single_file=single_file,
                            state=state)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:240] if lines else type(error).__name__

@@ -14,6 +14,13 @@ EXIT_INCOMPLETE = 3  # some files could not be scored, or nothing was found
 EXIT_WEIGHTS = 4  # the weights cannot be obtained or loaded
 
 
+def first_line(error: BaseException) -> str:
+    """A library exception's message cut to one line (of at most 240 characters)."""
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    return line if len(line) <= 240 else line[:237] + "..."
+
+
 class AidetectError(Exception):
     """An error whose message is meant for the user, with the exit code it maps to."""
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aidetect.errors import WeightsError
+from aidetect.errors import WeightsError, first_line
 
 HUB_SCHEME = "hf://"
 # The safetensors metadata key of a single-file detector: the JSON of `Detector.config`.
@@ -156,7 +156,7 @@ def _load_folder(folder: Path, *, device: str):
     """A detector folder; a head-only one (`pretrained` set in its config) builds its image tower
     from that open_clip tag and reads only the head from model.safetensors."""
     from aidetect.config import CONFIG_NAME, WEIGHTS_NAME
-    from aidetect.model import Detector, read_config
+    from aidetect.model import read_config
 
     config = read_config(folder)
     _check_config(config, str(folder / CONFIG_NAME))
@@ -164,9 +164,9 @@ def _load_folder(folder: Path, *, device: str):
     if not weights.is_file():
         raise WeightsError(f"{folder}: no {WEIGHTS_NAME} in this detector folder (only "
                            "safetensors weights are loaded)")
-    if config.get("pretrained"):
-        from aidetect.model import load_safetensors
+    from aidetect.model import load_safetensors
 
+    if config.get("pretrained"):
         state = load_safetensors(weights)
         if set(state) != {"head.weight", "head.bias"}:
             raise WeightsError(f"{weights}: a head-only detector (pretrained "
@@ -175,7 +175,8 @@ def _load_folder(folder: Path, *, device: str):
         head = {k.removeprefix("head."): v for k, v in state.items()}
         return build_on_tag(config, head, source=str(weights), reference=str(folder),
                             device=device)
-    return Detector.from_pretrained(str(folder), map_location=str(device))
+    return detector_from_state(config, load_safetensors(weights, device=str(device)),
+                               source=str(weights), device=device)
 
 
 def build_on_tag(config: dict[str, Any], head: dict, *, source: str, reference: str,
@@ -185,12 +186,9 @@ def build_on_tag(config: dict[str, Any], head: dict, *, source: str, reference: 
     The `univfd` preset and head-only folders load this way. Offline, a tag that is not cached
     fails at once instead of attempting a download.
     """
-    import inspect
-
     from aidetect.model import Detector, load_state
 
-    accepted = inspect.signature(Detector.__init__).parameters
-    kwargs = {key: value for key, value in config.items() if key in accepted}
+    kwargs = _detector_kwargs(config)
     _require_cached_backbone(kwargs["backbone"], kwargs["pretrained"], reference)
     try:
         with _quiet_open_clip():
@@ -202,10 +200,20 @@ def build_on_tag(config: dict[str, Any], head: dict, *, source: str, reference: 
                 f"{reference}: cannot download {what} from the Hugging Face Hub (no network?): "
                 f"{offline_fix()}"
             ) from error
-        raise WeightsError(f"{reference}: cannot get {what} ({_first_line(error)}): "
+        raise WeightsError(f"{reference}: cannot get {what} ({first_line(error)}): "
                            f"{offline_fix()}") from error
     load_state(detector.head, head, source=source)
     return detector.to(device).eval()
+
+
+def _detector_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a saved config that `Detector(...)` takes (not e.g. aidetect_version)."""
+    import inspect
+
+    from aidetect.model import Detector
+
+    accepted = inspect.signature(Detector.__init__).parameters
+    return {key: value for key, value in config.items() if key in accepted}
 
 
 def read_single_file_config(path: str | Path) -> dict[str, Any]:
@@ -238,16 +246,13 @@ def load_single_file(path: str | Path, *, device: str = "cpu"):
 
 
 def detector_from_state(config: dict[str, Any], state: dict, *, source: str, device: str = "cpu"):
-    """Build a detector from its saved config and full state dict, every tensor accounted for."""
-    import inspect
-
+    """Build a detector from its saved config (already checked by `_check_config`) and full
+    state dict, every tensor accounted for."""
     import torch
 
     from aidetect.model import Detector, load_state
 
-    _check_config(config, source)
-    accepted = inspect.signature(Detector.__init__).parameters
-    kwargs = {key: value for key, value in config.items() if key in accepted}
+    kwargs = _detector_kwargs(config)
     kwargs["pretrained"] = None  # the state dict holds every weight
     with torch.device("meta"):  # no random init of weights that are about to be replaced
         detector = Detector(**kwargs)
@@ -452,12 +457,6 @@ def push_detector(folder: str | Path, repo_id: str, *, private: bool = False,
 
 
 # --- errors ------------------------------------------------------------------------------------
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    line = text[0] if text else type(error).__name__
-    return line if len(line) <= 240 else line[:237] + "..."
-
-
 @contextmanager
 def weights_errors(reference: str, *, hub: bool = False) -> Iterator[None]:
     """Map the exceptions of huggingface_hub, safetensors, open_clip and a detector's config to
@@ -484,20 +483,20 @@ def weights_errors(reference: str, *, hub: bool = False) -> Iterator[None]:
     except hf.OfflineModeIsEnabled:
         raise WeightsError(f"{reference}: needs the Hub: {offline_fix()}") from None
     except hf.EntryNotFoundError as error:
-        raise WeightsError(f"{reference}: not a detector repository ({_first_line(error)}); it "
+        raise WeightsError(f"{reference}: not a detector repository ({first_line(error)}); it "
                            "needs config.json and model.safetensors") from None
     except hf.HfHubHTTPError as error:
-        raise WeightsError(f"{reference}: the Hub refused: {_first_line(error)}") from None
+        raise WeightsError(f"{reference}: the Hub refused: {first_line(error)}") from None
     except hf.HFValidationError as error:
-        raise WeightsError(f"{reference}: not a Hub repository id ({_first_line(error)})") from None
+        raise WeightsError(f"{reference}: not a Hub repository id ({first_line(error)})") from None
     except SafetensorError as error:
         raise WeightsError(f"{reference}: not a valid safetensors file "
-                           f"({_first_line(error)})") from None
+                           f"({first_line(error)})") from None
     except (ValueError, RuntimeError) as error:
         # A config the detector cannot be built from (bad preprocessing, an unknown backbone,
         # tensor shapes that differ from the config): say which and stop. Chained, so that
         # AIDETECT_DEBUG=1 still shows where it came from.
-        raise WeightsError(f"{reference}: cannot build the detector ({_first_line(error)})") \
+        raise WeightsError(f"{reference}: cannot build the detector ({first_line(error)})") \
             from error
 
 
