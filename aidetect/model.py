@@ -279,7 +279,7 @@ class Detector(
             "pretrained": None,  # weights come from model.safetensors, never from a download
             "base_pretrained": self.base_pretrained,
             "quick_gelu": self.quick_gelu,
-            "lora_rank": lora.rank if self.has_lora else 0,
+            "lora_rank": lora.rank,
             "lora_alpha": lora.alpha,
             "lora_dropout": lora.dropout,
             "preprocess": self.preprocess_config.to_dict(),

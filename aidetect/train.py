@@ -147,6 +147,7 @@ class TrainResult:
     skipped: dict[str, str]  # unreadable training images: path -> reason
     validation: list[dict[str, Any]]
     already_finished: bool = False
+    main_process: bool = True  # rank 0 (or the only process): the one that reports
 
 
 # --- distributed -----------------------------------------------------------------------------
@@ -728,7 +729,7 @@ class Trainer:
             self.emit(Note(f"{job.out}: this run has already finished; nothing to resume"))
             return TrainResult(Path(job.out), checkpoint["global_step"],
                                dict(checkpoint["skipped"]), list(checkpoint["validation"]),
-                               already_finished=True)
+                               already_finished=True, main_process=dist.main)
         self.detector = self._build_detector()
         self.recipe = self._recipe()
         if checkpoint is not None:
@@ -772,7 +773,8 @@ class Trainer:
         if self.skipped:
             self.emit(Note(f"{len(self.skipped)} unreadable training images were skipped",
                            warning=True))
-        return TrainResult(Path(job.out), self.global_step, self.skipped, self.validation)
+        return TrainResult(Path(job.out), self.global_step, self.skipped, self.validation,
+                           main_process=dist.main)
 
 
 def _to_cpu(value: Any) -> Any:

@@ -216,15 +216,9 @@ def _run_job(job, quiet: bool) -> None:
     with interruptions(), _TrainDisplay(quiet) as display:
         # Interrupted, the run resumes from its last checkpoint with --resume.
         result = run_training(job, on_event=display)
-    if not quiet and not result.already_finished and _is_main_process():
+    if not quiet and not result.already_finished and result.main_process:
         skipped = f"; {len(result.skipped)} unreadable images skipped" if result.skipped else ""
         err_console.print(f"detector written to {result.out} ({result.global_step} steps{skipped})")
-
-
-def _is_main_process() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _train_config(**values) -> TrainConfig:
