@@ -136,10 +136,6 @@ def render_card(info: CardInfo) -> str:
     return "\n".join(lines)
 
 
-def write_card(folder: str | Path, info: CardInfo) -> None:
-    atomic_write_text(Path(folder) / CARD_NAME, render_card(info))
-
-
 def update_threshold(
     folder: str | Path, *, threshold: float, fpr: float, calibration: Any = None,
     data: str | None = None,

@@ -294,14 +294,12 @@ def convert_dgs_net(source: str | Path, out: str | Path, *, lora_alpha: float = 
 
 
 def _write_detector(detector: Any, out: str | Path, *, single_file: bool, card: str) -> None:
-    from aidetect.atomic import atomic_write_text
     from aidetect.hub import save_single_file
 
     if single_file:
         save_single_file(detector, out)
         return
-    detector.save_pretrained(out)
-    atomic_write_text(Path(out) / "README.md", card)  # replaces the mixin's generic card
+    detector.save_pretrained(out, model_card_kwargs={"card_text": card})  # not the mixin's
 
 
 def _dgs_card(report: ConversionReport) -> str:

@@ -644,7 +644,7 @@ class Trainer:
 
     # --- the end -----------------------------------------------------------------------------
     def _finish(self) -> None:
-        from aidetect.card import write_card
+        from aidetect.card import render_card
 
         state = _to_cpu(self.trainable_state())  # LoRA and heads as trained, before the merge
         if self.dist.main:
@@ -654,8 +654,8 @@ class Trainer:
             detector.threshold = DEFAULT_THRESHOLD  # a calibration of the old weights is void
             detector.to("cpu").eval()
             out = Path(self.job.out)
-            detector.save_pretrained(out)
-            write_card(out, self._card_info())
+            detector.save_pretrained(
+                out, model_card_kwargs={"card_text": render_card(self._card_info())})
         self.dist.barrier()
         self.save_checkpoint(*self.position, finished=True, state=state)
 
