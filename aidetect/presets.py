@@ -43,8 +43,19 @@ class Preset:
 
 def weights_dir() -> Path:
     """The installed `aidetect.weights` package folder (the top-level weights/ of a checkout)."""
-    # A wheel and an editable install both map the package to a real folder on disk.
-    return Path(str(resources.files("aidetect.weights")))
+    # A wheel and an editable install both map the package to a real folder on disk. Run from a
+    # source checkout without installing (`python -m aidetect` in a clone), the package is not
+    # mapped: the checkout's own weights/ beside aidetect/ is the same folder.
+    try:
+        return Path(str(resources.files("aidetect.weights")))
+    except ModuleNotFoundError:
+        checkout = Path(__file__).resolve().parent.parent / "weights"
+        if (checkout / REGISTRY_NAME).is_file():
+            return checkout
+        raise WeightsError(
+            "the preset registry (package aidetect.weights) is not installed: "
+            "run `pip install -e .` in the checkout, or reinstall aidetect"
+        ) from None
 
 
 @lru_cache(maxsize=1)

@@ -99,3 +99,38 @@ def test_presets_load_from_an_installed_wheel(tmp_path: Path) -> None:
     site = str(tmp_path / "site")
     assert result["module"].startswith(site) and result["head"].startswith(site)
     assert result["ok"] and "MIT License" in result["licence"]
+
+
+def test_source_checkout_without_install_runs(tmp_path: Path) -> None:
+    """`python -m aidetect` inside a clone that was never installed finds weights/ beside it."""
+    checkout = tmp_path / "clone"
+    shutil.copytree(ROOT / "aidetect", checkout / "aidetect")
+    shutil.copytree(ROOT / "weights", checkout / "weights")
+    # -S: no site-packages, so neither the editable install's finder nor an installed aidetect
+    # is seen; only the clone (cwd). `models --json` needs the preset registry, not torch.
+    site = subprocess.run([sys.executable, "-c", "import typer, rich, os; "
+                           "print(os.path.dirname(os.path.dirname(typer.__file__)))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    run = subprocess.run(
+        [sys.executable, "-S", "-c",
+         f"import sys; sys.path.append({site!r}); from aidetect.cli import main; "
+         "main(['models', '--json'])"],
+        cwd=checkout, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin",
+                                                          "HF_HUB_OFFLINE": "1",
+                                                          "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert run.returncode == 0, run.stderr
+    assert "univfd" in run.stdout
+    assert "aidetect.weights" not in run.stderr
+
+
+def test_missing_registry_package_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aidetect import presets
+
+    def no_package(name: str):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(presets.resources, "files", no_package)
+    monkeypatch.setattr(presets, "__file__", "/nonexistent/aidetect/presets.py")
+    with pytest.raises(WeightsError, match="pip install -e ."):
+        presets.weights_dir()

@@ -1,0 +1,59 @@
+"""The machine-readable reports: JSON (one document), JSONL (streamed) and CSV.
+
+The JSON layout is documented by `aidetect/report_schema.json` (`aidetect.report.report_schema`).
+Paths and messages are written as text: bytes of a file name that are not UTF-8 (surrogate
+escapes from `os.fsdecode`) appear as `\\xNN`; non-finite numbers become null.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from aidetect.report.base import ReportWriter, result_dict
+from aidetect.results import RESULT_FIELDS, ImageResult, ScanInfo
+from aidetect.text import clean
+
+
+class JsonWriter(ReportWriter):
+    """The header of `ScanInfo.to_dict()` and `results` in the order they were added."""
+
+    def render(self, info: ScanInfo) -> str:
+        report = {**clean(info.to_dict()), "results": [result_dict(r) for r in self.results]}
+        return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+
+
+class JsonlWriter(ReportWriter):
+    """One per-file object per line as results arrive, then `{"summary": header}`.
+
+    On stdout each line is flushed at once; to a file the lines go into the temp file, which
+    replaces the output at `finish`, so a reader never sees a partial report.
+    """
+
+    def add(self, result: ImageResult) -> None:
+        self._check_open()
+        self._write_line(result_dict(result))
+
+    def _write(self, info: ScanInfo) -> None:
+        self._write_line({"summary": clean(info.to_dict())})
+
+    def _write_line(self, obj: dict[str, Any]) -> None:
+        self._stream.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        if self._context is None:
+            self._stream.flush()
+
+
+class CsvWriter(ReportWriter):
+    """A header of `RESULT_FIELDS`, then one row per file in add order; null is an empty cell."""
+
+    def render(self, info: ScanInfo) -> str:
+        buffer = io.StringIO()
+        # "\n": the stream or file adds the platform's line ending when it is written.
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(RESULT_FIELDS)
+        for result in self.results:
+            row = result_dict(result)
+            writer.writerow("" if row[k] is None else row[k] for k in RESULT_FIELDS)
+        return buffer.getvalue()
