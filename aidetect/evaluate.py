@@ -68,8 +68,8 @@ def predict(
 ) -> Predictions:
     """Probabilities for the images of `dataset` (or its `indices`); bad files are set aside.
 
-    `dtype`: autocast the model to it (what `scan` does on CUDA; `aidetect.scan.autocast_dtype`),
-    so that thresholds calibrated here hold for the scans that use them; None for fp32.
+    `dtype`: autocast the model to it (training's validation, whose weights stay fp32); None
+    for none. `evaluate` converts the detector as `scan` does instead (`aidetect.precision`).
     """
     order = list(range(len(dataset))) if indices is None else list(indices)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -165,8 +165,9 @@ def evaluate(
 ) -> EvalReport:
     """Score every subset of `bench` with `detector` at its threshold.
 
-    `precision` as `aidetect scan` takes it ("auto": bf16/fp16 autocast on CUDA, fp32 on CPU),
-    so that the scores, and the calibrated thresholds, are the ones a scan will see.
+    `precision` as `aidetect scan` takes it (`aidetect.precision.choose_precision`): the
+    detector is converted for it in place, as the scan converts it, so that the scores, and the
+    calibrated thresholds, are the ones a scan will see.
 
     Raises `UsageError` when the folder holds no subset, or a subset lacks real or fake images.
     """
@@ -174,9 +175,12 @@ def evaluate(
         raise UsageError(f"--jpeg-quality must be in 1..100, got {jpeg_quality}")
     if blur_sigma is not None and blur_sigma < 0:
         raise UsageError(f"--blur-sigma must be >= 0, got {blur_sigma}")
-    from aidetect.scan import autocast_dtype
+    from aidetect.precision import choose_precision, prepare_for_inference
 
-    dtype = autocast_dtype(torch.device(device), precision)
+    chosen = choose_precision(torch.device(device), precision)
+    if getattr(detector, "has_lora", False):
+        detector.merge_lora()  # what the scan scores with
+    prepare_for_inference(detector.to(device), chosen)
     if workers is None:
         from aidetect.devices import default_workers
 
@@ -199,7 +203,7 @@ def evaluate(
 
         found = predict(
             detector, dataset, device=device, batch_size=batch_size, workers=workers,
-            on_batch=report, dtype=dtype,
+            on_batch=report,
         )
         failures += found.failures
         for label, kind in ((0, "real"), (1, "AI-generated")):

@@ -239,8 +239,18 @@ class Detector(
         return self.visual(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) preprocessed images -> (B,) logits; sigmoid > threshold = AI-generated."""
-        return self.head(self.encode_image(images)).squeeze(-1)
+        """(B, 3, S, S) preprocessed images -> (B,) logits; sigmoid > threshold = AI-generated.
+
+        The images are cast to the tower's type (bf16/fp16 after `aidetect.precision`
+        converted it) and the features back to the head's (fp32), so the head never rounds.
+        """
+        features = self.encode_image(images.to(self.tower_dtype))  # (B, D)
+        return self.head(features.to(self.head.weight.dtype)).squeeze(-1)
+
+    @property
+    def tower_dtype(self) -> torch.dtype:
+        """The floating type of the image tower's weights (its first parameter's)."""
+        return next(self.visual.parameters()).dtype
 
     def transform(self, *, train: bool = False):
         """This detector's preprocessing: PIL RGB image -> (3, S, S) tensor."""

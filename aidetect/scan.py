@@ -4,10 +4,10 @@ Decoding and preprocessing run in DataLoader worker processes, so they overlap t
 model runs in eval mode under `torch.inference_mode`, with LoRA merged. A file that cannot be
 scored becomes a result with an `error`; nothing about one file stops the others.
 
-Precision: fp32 on CPU (bf16 is far slower there without AMX); on CUDA, autocast to bf16
-(fp16 on GPUs before Ampere), meant to keep scores within 1e-2 of fp32:
-`benchmarks/scan.py --device cuda` prints the largest difference; `precision="fp32"` turns
-autocast off.
+Precision (`aidetect.precision`): the tower's weights are converted to the precision chosen for
+the device (bf16 on CPUs with bf16 units and on CUDA from Ampere on, fp16 on older GPUs and on
+MPS, fp32 elsewhere), the head and the sigmoid stay fp32. `benchmarks/scan.py` prints the
+largest score difference from fp32; `precision="fp32"` keeps everything fp32.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from aidetect.config import PreprocessConfig
 from aidetect.data import DEFAULT_MAX_PIXELS, Candidate, open_image
 from aidetect.devices import default_workers
 from aidetect.errors import ImageError, UsageError
+from aidetect.precision import choose_precision, cpu_features, prepare_for_inference
 from aidetect.preprocess import preprocess_tensor, to_tensor
 from aidetect.results import LABEL_AI, LABEL_REAL, ImageResult
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 THUMBNAIL_SIDE = 256  # px, the longer side of an HTML report's thumbnails
 
 
@@ -106,7 +106,8 @@ class Scanner:
         detector: an `aidetect.Detector` (LoRA is merged here if it has any).
         device: where the model runs.
         threshold: scores strictly above it are judged AI-generated.
-        precision: "auto" (bf16/fp16 autocast on CUDA, fp32 on CPU), "fp32", "bf16" or "fp16".
+        precision: "auto" (the fastest that keeps scores within 1e-2 of fp32 on this device;
+            `aidetect.precision.choose_precision`), "fp32", "bf16", "fp16" or "int8".
         threads: CPU threads for the model (None: torch's default, all physical cores).
     """
 
@@ -114,28 +115,29 @@ class Scanner:
                  precision: str = "auto", threads: int | None = None) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise UsageError(f"--threshold {threshold}: must be between 0 and 1")
-        if precision not in PRECISIONS:
-            raise UsageError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+        self.precision = choose_precision(device, precision)
         if threads is not None:
             if threads < 1:
                 raise UsageError(f"--threads {threads}: must be at least 1")
             torch.set_num_threads(threads)
         if detector.has_lora:
             detector.merge_lora()
-        self.detector = detector.to(device).eval().requires_grad_(False)
+        detector = detector.to(device).eval().requires_grad_(False)
+        self.detector = prepare_for_inference(detector, self.precision)
         self.device = device
         self.threshold = float(threshold)
-        self.dtype = autocast_dtype(device, precision)
 
     @property
     def description(self) -> str:
-        """The device as reports show it, e.g. "cpu (2 threads, fp32)"."""
-        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        """The device as reports show it, e.g. "cpu (2 threads, bf16: AMX-BF16, AVX512-BF16)"."""
         if self.device.type == "cuda":
             name = torch.cuda.get_device_name(self.device)
             index = self.device.index if self.device.index is not None else 0
-            return f"cuda:{index} ({name}, {precision})"
-        return f"cpu ({torch.get_num_threads()} threads, {precision})"
+            return f"cuda:{index} ({name}, {self.precision})"
+        if self.device.type == "mps":
+            return f"mps ({self.precision})"
+        return (f"cpu ({torch.get_num_threads()} threads, {self.precision}; "
+                f"{cpu_features().describe()})")
 
     def scan(self, candidates: Sequence[Candidate], *, batch_size: int = 32,
              workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -174,9 +176,7 @@ class Scanner:
     def _logits(self, images: torch.Tensor) -> list[float]:
         images = images.to(self.device, non_blocking=True)
         try:
-            with torch.inference_mode(), torch.autocast(
-                self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
-            ):
+            with torch.inference_mode():
                 logits = self.detector(images)
         except torch.OutOfMemoryError:
             raise UsageError(
@@ -200,15 +200,3 @@ def _batches(count: int, batch_size: int) -> list[list[int]]:
     comes after one image's work instead of a whole batch's. Scores do not depend on it."""
     order = list(range(count))
     return [order[:1]] + [order[i : i + batch_size] for i in range(1, count, batch_size)]
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """None for fp32; otherwise the dtype autocast runs the model in."""
-    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
-        return None
-    if precision == "auto":
-        # bf16 from Ampere (compute capability 8) on; `is_bf16_supported` also says yes to the
-        # emulated bf16 of older GPUs, which is slow.
-        major, _ = torch.cuda.get_device_capability(device)
-        return torch.bfloat16 if major >= 8 else torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float16

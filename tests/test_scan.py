@@ -45,8 +45,8 @@ def _direct_logit(detector, path: Path) -> float:
 def test_one_result_per_file_in_order_with_errors_as_results(make_detector, mixed_folder):
     detector = make_detector()
     candidates = find_images([mixed_folder])
-    results = list(Scanner(detector, device=CPU, threshold=0.5).scan(candidates, workers=0,
-                                                                       batch_size=3))
+    scanner = Scanner(detector, device=CPU, threshold=0.5, precision="fp32")
+    results = list(scanner.scan(candidates, workers=0, batch_size=3))
     assert [r.path for r in results] == [c.path for c in candidates]
     by_name = {Path(r.path).name: r for r in results}
     assert "truncated" in by_name["broken.jpg"].error  # a JPEG header, then nothing
@@ -65,7 +65,8 @@ def test_scores_are_the_models_and_labels_follow_the_threshold(make_detector, mi
     candidates = [c for c in find_images([mixed_folder]) if "img" in c.path]
     expected = {c.path: _direct_logit(detector, Path(c.path)) for c in candidates}
     median = sorted(1 / (1 + math.exp(-v)) for v in expected.values())[3]
-    results = list(Scanner(detector, device=CPU, threshold=median).scan(candidates, workers=0))
+    scanner = Scanner(detector, device=CPU, threshold=median, precision="fp32")
+    results = list(scanner.scan(candidates, workers=0))
     for result in results:
         assert result.logit == pytest.approx(expected[result.path], abs=1e-5)
         assert result.score == pytest.approx(1 / (1 + math.exp(-result.logit)), abs=1e-12)
@@ -96,7 +97,7 @@ def test_lora_is_merged_and_scores_match_the_unmerged_model(make_detector, mixed
     detector.eval()
     candidates = [c for c in find_images([mixed_folder]) if "img" in c.path]
     expected = {c.path: _direct_logit(detector, Path(c.path)) for c in candidates}
-    scanner = Scanner(detector, device=CPU, threshold=0.5)
+    scanner = Scanner(detector, device=CPU, threshold=0.5, precision="fp32")
     assert not scanner.detector.has_lora  # merged for inference
     for result in scanner.scan(candidates, workers=0):
         assert result.logit == pytest.approx(expected[result.path], abs=1e-4)
@@ -137,9 +138,9 @@ def test_bad_settings_are_usage_errors(make_detector):
     with pytest.raises(UsageError, match="--threshold"):
         Scanner(detector, device=CPU, threshold=1.5)
     with pytest.raises(UsageError, match="--precision"):
-        Scanner(detector, device=CPU, threshold=0.5, precision="int8")
+        Scanner(detector, device=CPU, threshold=0.5, precision="fp16")
     scanner = Scanner(detector, device=CPU, threshold=0.5)
     with pytest.raises(UsageError, match="--batch-size"):
         list(scanner.scan([Candidate("x.png")], batch_size=0))
-    assert scanner.description.startswith("cpu (") and "fp32" in scanner.description
+    assert scanner.description.startswith("cpu (") and scanner.precision in scanner.description
     assert list(scanner.scan([])) == []

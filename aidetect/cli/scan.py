@@ -63,6 +63,7 @@ class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+    int8 = "int8"
 
 
 @app.command("scan", epilog=SCAN_EXAMPLES)
@@ -110,8 +111,9 @@ def scan_command(
                           "this (decompression bombs); 0: no limit.")
     ] = DEFAULT_MAX_PIXELS,
     precision: Annotated[
-        Precision, typer.Option("--precision", help="auto: bf16 (fp16 before Ampere) on CUDA, "
-                                "fp32 on CPU.")
+        Precision, typer.Option("--precision", help="auto: bf16 on CUDA from Ampere on and on "
+                                "CPUs with bf16 units, fp16 on older GPUs and Apple GPUs, fp32 "
+                                "elsewhere. int8: CPU only, never chosen by auto.")
     ] = Precision.auto,
 ) -> None:
     """Score images: the probability that each was made by a generative model."""

@@ -1,0 +1,133 @@
+"""The precision a detector scores in, on every device: one choice for `scan` and `eval`.
+
+The image tower's weights are converted to the chosen type (not autocast: on CPUs autocast
+converts the weights again at every call and runs slower than fp32; on GPUs converted weights
+run ~1.4x faster than autocast). The input is cast to the tower's type, the features are cast
+back to fp32, and the head and the sigmoid run in fp32, so the score's last steps lose nothing.
+
+`auto` picks, per device:
+- CUDA: bf16 from Ampere on (compute capability 8); fp16 before, where bf16 is only emulated.
+- CPU: bf16 where the processor multiplies bf16 natively (AMX-BF16, AVX512-BF16, Arm BF16);
+  fp32 elsewhere. int8 is never picked by `auto`: its score gap is larger (see the README).
+- MPS (Apple GPUs): fp16, the half type every Apple GPU and macOS version supports.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from aidetect.errors import UsageError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """The matrix units of this CPU that decide its precision (flags as Linux names them)."""
+
+    amx_bf16: bool = False
+    avx512_bf16: bool = False
+    arm_bf16: bool = False  # Armv8.6 BF16 (Apple M2 and later, Graviton 3 and later)
+    amx_int8: bool = False
+    avx512_vnni: bool = False
+
+    @property
+    def bf16(self) -> bool:
+        """Whether bf16 matrix products run natively (not emulated through fp32)."""
+        return self.amx_bf16 or self.avx512_bf16 or self.arm_bf16
+
+    def describe(self) -> str:
+        """The bf16 units by name, e.g. "AMX-BF16, AVX512-BF16", or "no bf16 units"."""
+        names = [name for name, present in (("AMX-BF16", self.amx_bf16),
+                                            ("AVX512-BF16", self.avx512_bf16),
+                                            ("Arm BF16", self.arm_bf16)) if present]
+        return ", ".join(names) or "no bf16 units"
+
+
+@lru_cache(maxsize=1)
+def cpu_features() -> CpuFeatures:
+    """This CPU's features: /proc/cpuinfo on Linux, sysctl on macOS; none known elsewhere."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):  # x86, Arm
+                    flags.update(value.split())
+                    break
+    except OSError:
+        pass
+    if platform.system() == "Darwin" and _sysctl("hw.optional.arm.FEAT_BF16") == "1":
+        flags.add("bf16")
+    return CpuFeatures(
+        amx_bf16="amx_bf16" in flags,
+        avx512_bf16="avx512_bf16" in flags,
+        arm_bf16=platform.machine().lower() in ("arm64", "aarch64") and "bf16" in flags,
+        amx_int8="amx_int8" in flags,
+        avx512_vnni="avx512_vnni" in flags,
+    )
+
+
+def _sysctl(name: str) -> str:
+    try:
+        run = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return run.stdout.strip()
+
+
+def choose_precision(device: torch.device, requested: str = "auto", *,
+                     cpu: CpuFeatures | None = None,
+                     cuda_capability: tuple[int, int] | None = None) -> str:
+    """The concrete precision ("fp32", "bf16", "fp16" or "int8") for `requested` on `device`.
+
+    Args:
+        device: where the model runs.
+        requested: one of PRECISIONS.
+        cpu: the CPU's features (default: this machine's); tests pass fakes.
+        cuda_capability: the GPU's compute capability (default: asked from torch).
+
+    Raises:
+        UsageError: an unknown precision, or one the device cannot run.
+    """
+    if requested not in PRECISIONS:
+        raise UsageError(f"--precision {requested}: use one of {', '.join(PRECISIONS)}")
+    kind = device.type
+    if requested == "int8" and kind != "cpu":
+        raise UsageError(f"--precision int8 runs on the CPU only, not on {kind}")
+    if requested == "fp16" and kind == "cpu":
+        raise UsageError("--precision fp16 is for GPUs; on the CPU use bf16, int8 or fp32")
+    if requested != "auto":
+        return requested
+    if kind == "cuda":
+        major, _ = cuda_capability or torch.cuda.get_device_capability(device)
+        # `is_bf16_supported` also says yes to the slow emulated bf16 of older GPUs.
+        return "bf16" if major >= 8 else "fp16"
+    if kind == "mps":
+        return "fp16"
+    return "bf16" if (cpu or cpu_features()).bf16 else "fp32"
+
+
+def prepare_for_inference(detector, precision: str):
+    """Convert `detector` in place for scoring at `precision` (from `choose_precision`).
+
+    bf16/fp16: the image tower's weights in that type, the head kept in fp32. int8: dynamic
+    quantization of the tower's Linear layers (weights int8, activations quantized per batch);
+    the attention's fused q/k/v projection stays fp32. Merge LoRA before calling this.
+    """
+    if precision == "int8":
+        from torch.ao.quantization import quantize_dynamic
+
+        detector.visual = quantize_dynamic(detector.visual, {torch.nn.Linear}, dtype=torch.qint8)
+    elif precision in ("bf16", "fp16"):
+        detector.visual.to(DTYPES[precision])
+    elif precision != "fp32":
+        raise ValueError(f"unknown precision {precision!r}")
+    detector.head.float()
+    return detector
