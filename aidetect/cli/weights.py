@@ -176,7 +176,7 @@ def push(
     if not quiet:
         if result.card_written:
             err_console.print(f"wrote {folder}/README.md (aidetect's card: the folder had none)",
-                              markup=False)
+                              markup=False, soft_wrap=True)
         err_console.print(f"pushed {len(result.files)} files of {folder} to {target}",
-                          markup=False)
+                          markup=False, soft_wrap=True)
     typer.echo(result.url)
