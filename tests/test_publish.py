@@ -31,7 +31,8 @@ def converted_univfd_on_tiny_tower(tmp_path: Path, tiny_backbone: str) -> Path:
     save_file({"head.weight": torch.randn(1, 16), "head.bias": torch.randn(1)},
               folder / "model.safetensors")
     config = json.loads((folder / "config.json").read_text())
-    config.update(backbone=tiny_backbone, pretrained=str(tmp_path / "tiny-clip.safetensors"))
+    tiny_clip = str(tmp_path / "tiny-clip.safetensors")  # its text tower serves finetune too
+    config.update(backbone=tiny_backbone, pretrained=tiny_clip, base_pretrained=tiny_clip)
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
