@@ -206,7 +206,10 @@ def hub_errors(repo_id: str) -> Iterator[None]:
     except hf.RevisionNotFoundError:
         raise WeightsError(f"{where}: no such revision on the Hub") from None
     except hf.HfHubHTTPError as error:
-        raise WeightsError(f"{where}: the Hub refused: {first_line(error)}") from None
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        fix = "; check HF_TOKEN / `hf auth login` (a token with write access)" \
+            if status in (401, 403) else ""
+        raise WeightsError(f"{where}: the Hub refused: {first_line(error)}{fix}") from None
     except _network_errors() as error:
         raise WeightsError(f"{where}: cannot reach the Hugging Face Hub ({first_line(error)}); "
                            "check the network and try again") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -165,3 +166,25 @@ def test_a_folder_named_like_a_preset_is_pushed_as_the_folder(detector_dir: Path
     monkeypatch.chdir(named.parent)
     result = push_detector("univfd", "me/det")  # the folder, not the preset's ViT-L
     assert "model.safetensors" in fake_hub[-1]["files"] and result.url
+
+
+def test_a_refused_token_says_how_to_fix_it(detector_dir: Path, fake_hub,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from aidetect.publish import push_detector
+
+    def refuse(self, repo_id, **kwargs):
+        response = SimpleNamespace(status_code=401, headers={}, request=None)
+        raise HfHubHTTPError("401 Client Error: Unauthorized for url: https://huggingface.co/"
+                             "api/repos/create\nInvalid credentials", response=response)
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    with pytest.raises(WeightsError) as error:
+        push_detector(detector_dir, "me/det")
+    assert str(error.value) == (
+        "hf://me/det: the Hub refused: 401 Client Error: Unauthorized for url: "
+        "https://huggingface.co/api/repos/create; check HF_TOKEN / `hf auth login` (a token "
+        "with write access)")
+
