@@ -136,7 +136,29 @@ def licences_of_loaded(loaded: Any) -> tuple[list[Licence], Path | None]:
     if not licences:  # saved before licences were recorded: the base weights at least
         base = clip_licence(detector.backbone, detector.base_pretrained)
         licences = [base] if base else []
+    if loaded.source == "hub":
+        _fetch_licence_files(loaded, licences)
     return licences, folder
+
+
+def _fetch_licence_files(loaded: Any, licences: list[Licence]) -> None:
+    """Bring a Hub detector's licence files into its snapshot folder (loading fetched only its
+    config and weights), from the same commit. One that cannot be had stays missing: the
+    detector still trains, and `push` refuses the result until the file is put there."""
+    from huggingface_hub import errors, hf_hub_download
+
+    from aidetect.hub import hub_cache_dir, hub_offline, parse_reference
+    from aidetect.publish import network_errors
+
+    repo_id = parse_reference(loaded.reference).target
+    for licence in licences:
+        if licence.file and not (Path(loaded.path) / licence.file).is_file():
+            try:
+                hf_hub_download(repo_id, licence.file, revision=loaded.revision,
+                                cache_dir=hub_cache_dir(), local_files_only=hub_offline())
+            except (errors.HfHubHTTPError, errors.EntryNotFoundError,
+                    errors.OfflineModeIsEnabled, OSError, *network_errors()):
+                continue
 
 
 def copy_licence_files(licences: list[Licence], source: Path | None, out: str | Path) -> list[str]:

@@ -173,7 +173,7 @@ def _upload(folder: Path, plan: PushResult, *, private: bool, token: str, messag
     return str(getattr(info, "commit_url", info))
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
+def network_errors() -> tuple[type[BaseException], ...]:
     """The transport errors huggingface_hub lets through, whichever HTTP client it uses."""
     errors: list[type[BaseException]] = []
     for module, names in (("httpx2", ("TransportError",)), ("httpx", ("TransportError",)),
@@ -210,7 +210,7 @@ def hub_errors(repo_id: str) -> Iterator[None]:
         fix = "; check HF_TOKEN / `hf auth login` (a token with write access)" \
             if status in (401, 403) else ""
         raise WeightsError(f"{where}: the Hub refused: {first_line(error)}{fix}") from None
-    except _network_errors() as error:
+    except network_errors() as error:
         raise WeightsError(f"{where}: cannot reach the Hugging Face Hub ({first_line(error)}); "
                            "check the network and try again") from None
     finally:

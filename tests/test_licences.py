@@ -121,3 +121,37 @@ def test_malformed_licence_records_are_one_line_errors(entry) -> None:
 def test_a_record_round_trips() -> None:
     licence = Licence(subject="head", name="MIT", file="LICENSE", url=None, citation="C.")
     assert Licence.from_dict(licence.to_dict(), "x") == licence
+
+
+def test_a_hub_start_fetches_its_licence_files_from_the_same_commit(
+        tmp_path: Path, tiny_backbone: str, hub_cache: Path, monkeypatch) -> None:
+    import huggingface_hub
+    from conftest import write_hub_cache
+
+    from aidetect.hub import load_detector
+    from aidetect.licences import copy_licence_files
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = converted_univfd_on_tiny_tower(tmp_path, tiny_backbone)
+    snapshot = write_hub_cache(hub_cache, "me/univfd", folder, commit=commit)
+    (snapshot / "LICENSE-univfd.txt").unlink()  # loading fetches config and weights only
+    loaded = load_detector(f"hf://me/univfd@{commit}")
+    monkeypatch.chdir(tmp_path)
+
+    licences, source = licences_of_loaded(loaded)  # offline, not cached: stays missing
+    assert copy_licence_files(licences, source, tmp_path) == ["LICENSE-univfd.txt"]
+
+    asked = []
+
+    def download(repo_id, filename, *, revision, **kwargs):
+        asked.append((repo_id, filename, revision))
+        (snapshot / filename).write_bytes((folder / filename).read_bytes())
+        return str(snapshot / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    licences, source = licences_of_loaded(loaded)
+    assert asked == [("me/univfd", "LICENSE-univfd.txt", commit)]
+    out = tmp_path / "out"
+    out.mkdir()
+    assert copy_licence_files(licences, source, out) == []
+    assert (out / "LICENSE-univfd.txt").read_bytes() == (folder / "LICENSE-univfd.txt").read_bytes()
