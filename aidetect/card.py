@@ -1,9 +1,10 @@
 """The model card (README.md) of a trained detector folder.
 
 It states what a user of the weights needs to judge them: the data, the recipe, the validation
-metrics, the aidetect version, and the decision threshold with the false-positive rate it was
-chosen for. The threshold section sits between markers so that `eval --calibrate` can rewrite
-it in place, in this card or in any other README.
+metrics, the aidetect version, the decision threshold with the false-positive rate it was
+chosen for, and the licence and citation of what the detector was built from
+(`aidetect.licences`). The threshold section sits between markers so that `eval --calibrate`
+can rewrite it in place, in this card or in any other README.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from aidetect import __version__
 from aidetect.atomic import atomic_write_text
+from aidetect.licences import DGS_NET_CITATION, Licence, clip_licence
 
 CARD_NAME = "README.md"
 _START, _END = "<!-- aidetect:threshold -->", "<!-- /aidetect:threshold -->"
@@ -38,6 +40,14 @@ class CardInfo:
     validation: str | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)  # one row per validation
     threshold: float = 0.5
+    # What the detector was built from; empty: the base weights' licence (`clip_licence`).
+    licences: list[Licence] = field(default_factory=list)
+
+    def built_from(self) -> list[Licence]:
+        if self.licences:
+            return list(self.licences)
+        base = clip_licence(self.backbone, self.base_pretrained)
+        return [base] if base else []
 
 
 def _fmt(value: Any) -> str:
@@ -133,6 +143,70 @@ def render_card(info: CardInfo) -> str:
             "--data BENCH`."
         )
     lines += ["", "## Threshold", "", threshold_section(info.threshold), ""]
+    lines += licence_section(info.built_from(), method_citation=DGS_NET_CITATION)
+    return "\n".join(lines)
+
+
+def licence_section(licences: list[Licence], *, method_citation: str | None = None) -> list[str]:
+    """The card's "Licence" and "Citation" sections, as lines."""
+    lines = ["## Licence", ""]
+    if licences:
+        lines.append("This detector was built from:")
+        lines.append("")
+        for licence in licences:
+            line = f"- {licence.subject}: {licence.name}"
+            if licence.file:
+                line += f"; the notice ships in this folder as `{licence.file}`"
+            if licence.url:
+                line += f" ({licence.url})"
+            lines.append(line + ".")
+    else:
+        lines.append("Built from random weights: no third-party weights, no licence to carry.")
+    citations = [c for c in [method_citation, *(x.citation for x in licences)] if c]
+    if citations:
+        lines += ["", "## Citation", ""]
+        lines += [f"- {citation}" for citation in dict.fromkeys(citations)]
+    return [*lines, ""]
+
+
+def render_detector_card(config: Mapping[str, Any], licences: list[Licence]) -> str:
+    """The card of a detector saved from the Python API (`Detector.save_pretrained`): what its
+    config says, its threshold section and the licences of what it was built from."""
+    preprocess = config.get("preprocess") or {}
+    lora = config.get("lora_rank") or 0
+    lines = [
+        "---",
+        "library_name: aidetect",
+        "tags:",
+        "- ai-generated-image-detection",
+        "- dgs-net",
+        "- clip",
+        "---",
+        "",
+        "# AI-generated image detector",
+        "",
+        f"A CLIP-based detector of AI-generated images, saved with aidetect "
+        f"{config.get('aidetect_version', __version__)}.",
+        "",
+        "```",
+        "aidetect scan --weights THIS_FOLDER images/",
+        "```",
+        "",
+        "## Model",
+        "",
+        f"- Backbone: `{config.get('backbone')}`, base weights "
+        f"`{config.get('base_pretrained')}`.",
+        f"- LoRA: rank {lora} on q, k, v of every image block." if lora
+        else "- LoRA: none (or merged into the q, k, v weights).",
+        f"- Preprocessing: `{preprocess.get('method', 'patches')}`, "
+        f"{preprocess.get('size', 224)} px.",
+        "",
+        "## Threshold",
+        "",
+        threshold_section(float(config.get("threshold", 0.5))),
+        "",
+    ]
+    lines += licence_section(licences)
     return "\n".join(lines)
 
 

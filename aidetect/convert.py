@@ -289,21 +289,36 @@ def convert_dgs_net(source: str | Path, out: str | Path, *, lora_alpha: float = 
         )
     load_state(detector, detector_state, source=source, strict=True, assign=True)
     detector.eval()
-    _write_detector(detector, out, single_file=single_file, card=_dgs_card(report))
+    licences = dgs_net_licences(detector)
+    _write_detector(detector, out, single_file=single_file, card=_dgs_card(report, licences),
+                    licences=licences)
     return report
 
 
-def _write_detector(detector: Any, out: str | Path, *, single_file: bool, card: str) -> None:
+def dgs_net_licences(detector: Any) -> list[Any]:
+    """What a converted DGS-Net checkpoint is built from: OpenAI CLIP (when its shape is one of
+    OpenAI's) and the authors' weights, whose licence dgs-net.md does not state."""
+    from aidetect.licences import DGS_NET_AUTHORS, clip_licence
+
+    base = clip_licence(detector.backbone, detector.base_pretrained)
+    return [base, DGS_NET_AUTHORS] if base else [DGS_NET_AUTHORS]
+
+
+def _write_detector(detector: Any, out: str | Path, *, single_file: bool, card: str,
+                    licences: list[Any]) -> None:
     from aidetect.hub import save_single_file
 
     if single_file:
         save_single_file(detector, out)
         return
-    detector.save_pretrained(out, model_card_kwargs={"card_text": card})  # not the mixin's
+    detector.save_pretrained(out, licences=licences, model_card_kwargs={"card_text": card})
 
 
-def _dgs_card(report: ConversionReport) -> str:
+def _dgs_card(report: ConversionReport, licences: list[Any]) -> str:
+    from aidetect.card import licence_section
+
     notes = "\n".join(f"- {note}" for note in report.notes)
+    licence = "\n".join(licence_section(licences))
     return f"""---
 library_name: aidetect
 tags: [ai-generated-image-detection, dgs-net, clip]
@@ -312,7 +327,7 @@ tags: [ai-generated-image-detection, dgs-net, clip]
 
 Converted by `aidetect convert` from `{Path(report.source).name}`, the checkpoint published with
 Yan et al., "DGS-Net: Distillation-Guided Gradient Surgery for CLIP Fine-Tuning in AI-Generated
-Image Detection", arXiv 2511.13108. See the authors' release for the licence of these weights.
+Image Detection", arXiv 2511.13108.
 
 - Backbone: {report.backbone} (OpenAI CLIP layout, QuickGELU), image tower only.
 - LoRA rank {report.lora_rank}, scaling {report.lora_scaling:.4f}, merged into q/k/v.
@@ -321,7 +336,8 @@ Image Detection", arXiv 2511.13108. See the authors' release for the licence of 
 
 Conversion log:
 {notes}
-"""
+
+{licence}"""
 
 
 # --- UnivFD ----------------------------------------------------------------------------------
@@ -339,6 +355,7 @@ def convert_univfd(source: str | Path, out: str | Path, *, preset: str = "univfd
     from aidetect import __version__
     from aidetect.atomic import atomic_write_bytes, atomic_write_text
     from aidetect.config import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+    from aidetect.licences import LICENSES_KEY, copy_licence_files, preset_licences
     from aidetect.presets import get_preset
 
     source = str(source)
@@ -364,6 +381,7 @@ def convert_univfd(source: str | Path, out: str | Path, *, preset: str = "univfd
         "lora_dropout": 0.8,
         "preprocess": dict(spec.preprocess),
         "threshold": spec.threshold,
+        LICENSES_KEY: [licence.to_dict() for licence in preset_licences(spec)],
     }
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
@@ -371,7 +389,7 @@ def convert_univfd(source: str | Path, out: str | Path, *, preset: str = "univfd
     atomic_write_bytes(target / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
     atomic_write_text(target / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     atomic_write_text(target / "README.md", _univfd_card(spec, source))
-    atomic_write_bytes(target / spec.license_path.name, spec.license_path.read_bytes())
+    copy_licence_files(preset_licences(spec), spec.license_path.parent, target)
     return ConversionReport(source=source, out=str(out), format="univfd", backbone=spec.backbone,
                             embed_dim=int(embed_dim),
                             notes=[f"head only; the image tower is {spec.backbone} "
@@ -379,6 +397,10 @@ def convert_univfd(source: str | Path, out: str | Path, *, preset: str = "univfd
 
 
 def _univfd_card(spec: Any, source: str) -> str:
+    from aidetect.card import licence_section
+    from aidetect.licences import preset_licences
+
+    licence = "\n".join(licence_section(preset_licences(spec)))
     return f"""---
 library_name: aidetect
 license: mit
@@ -392,10 +414,7 @@ the image tower is fetched by open_clip into the Hugging Face cache when the fol
 
 Preprocessing: centre crop 224 px, CLIP mean and std. Threshold {spec.threshold}.
 
-Citation: {spec.citation}
-
-Licence: MIT, see {spec.license_path.name}.
-"""
+{licence}"""
 
 
 def convert_checkpoint(source: str | Path, out: str | Path, *, format: str = "auto",

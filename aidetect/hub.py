@@ -429,33 +429,6 @@ def cached_detectors() -> list[CachedDetector]:
     return sorted(found, key=lambda c: (c.repo_id, c.commit))
 
 
-def push_detector(folder: str | Path, repo_id: str, *, private: bool = False,
-                  token: str | None = None, commit_message: str | None = None) -> str:
-    """Upload a detector folder to the Hub with the mixin's `push_to_hub`; returns the commit URL.
-
-    The folder must load as a detector (refused with a `WeightsError` otherwise). Its own
-    README.md model card is kept; without one, the mixin writes its card.
-    """
-    from aidetect.config import CONFIG_NAME, WEIGHTS_NAME
-
-    source = Path(folder).expanduser()
-    if not source.is_dir():
-        raise WeightsError(f"{folder}: not a folder; push takes a detector folder "
-                           f"({CONFIG_NAME} + {WEIGHTS_NAME})")
-    if not _REPO_ID.match(repo_id):
-        raise WeightsError(f"{repo_id}: not a Hub repository id; write owner/name")
-    with weights_errors(str(folder)):
-        detector = _load_folder(source, device="cpu")
-    card = source / "README.md"
-    card_kwargs = {"card_text": card.read_text(encoding="utf-8")} if card.is_file() else None
-    with weights_errors(repo_id, hub=True):
-        result = detector.push_to_hub(
-            repo_id, private=private, token=token, model_card_kwargs=card_kwargs,
-            commit_message=commit_message or f"Upload detector {source.name} with aidetect",
-        )
-    return str(result)
-
-
 # --- errors ------------------------------------------------------------------------------------
 @contextmanager
 def weights_errors(reference: str, *, hub: bool = False) -> Iterator[None]:

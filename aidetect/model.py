@@ -299,14 +299,30 @@ class Detector(
             "model_cfg": self.model_cfg,
         }
 
-    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> str | None:
-        """Write `config.json`, `model.safetensors` and a model card, each file atomically."""
+    def save_pretrained(self, save_directory: str | Path, *, licences: list | None = None,
+                        **kwargs: Any) -> str | None:
+        """Write `config.json`, `model.safetensors` and aidetect's model card, each atomically.
+
+        Args:
+            save_directory: the detector folder.
+            licences: what the weights were built from (`aidetect.licences.Licence`s), recorded
+                in the config and named in the card; by default the base weights' licence.
+            **kwargs: the mixin's; `model_card_kwargs={"card_text": ...}` writes that card.
+        """
+        from aidetect.licences import LICENSES_KEY, clip_licence
+
+        if licences is None:
+            base = clip_licence(self.backbone, self.base_pretrained)
+            licences = [base] if base else []
         target = Path(save_directory)
         target.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             if kwargs.get("config") is None:  # push_to_hub passes config=None explicitly
-                kwargs["config"] = self.config
+                kwargs["config"] = {**self.config,
+                                    LICENSES_KEY: [licence.to_dict() for licence in licences]}
+            kwargs["model_card_kwargs"] = {"licences": licences,
+                                           **(kwargs.get("model_card_kwargs") or {})}
             result = super().save_pretrained(staging, **kwargs)
             mode = default_file_mode()  # the library writes some files private (0600)
             for item in staging.iterdir():
@@ -316,13 +332,21 @@ class Detector(
             shutil.rmtree(staging, ignore_errors=True)
         return result
 
-    def generate_model_card(self, *args: Any, **kwargs: Any):
-        """The mixin's card, or `card_text` kept byte for byte (a folder's own README.md, on
-        push); `ModelCard` would re-serialise it with a metadata block."""
-        card_text = kwargs.pop("card_text", None)
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> _VerbatimCard:
+        """aidetect's card (`aidetect.card.render_detector_card`), not the mixin's generic one;
+        or `card_text` kept byte for byte (`ModelCard` would re-serialise it with a metadata
+        block)."""
+        from aidetect.card import render_detector_card
+        from aidetect.licences import clip_licence
+
+        card_text = kwargs.get("card_text")
         if card_text is not None:
             return _VerbatimCard(card_text)
-        return super().generate_model_card(*args, **kwargs)
+        licences = kwargs.get("licences")
+        if licences is None:
+            base = clip_licence(self.backbone, self.base_pretrained)
+            licences = [base] if base else []
+        return _VerbatimCard(render_detector_card(self.config, licences))
 
     @classmethod
     def _from_pretrained(

@@ -310,6 +310,8 @@ class Trainer:
         self.caption_features = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.start_from: dict[str, Any] | None = None
+        # finetune: the licences the start detector carries, and the folder of their files
+        self.inherited: tuple[list[Any], Path | None] = ([], None)
 
     # events and logs
     def emit(self, event: Event) -> None:
@@ -400,6 +402,9 @@ class Trainer:
                 "sha256": loaded.sha256,
                 "revision": loaded.revision,
             }
+            from aidetect.licences import licences_of_loaded
+
+            self.inherited = licences_of_loaded(loaded)
             if detector.has_lora:
                 detector.merge_lora()  # fresh LoRA goes on top of the effective weights
         detector.visual.requires_grad_(False)
@@ -645,6 +650,7 @@ class Trainer:
     # --- the end -----------------------------------------------------------------------------
     def _finish(self) -> None:
         from aidetect.card import render_card
+        from aidetect.licences import copy_licence_files
 
         state = _to_cpu(self.trainable_state())  # LoRA and heads as trained, before the merge
         if self.dist.main:
@@ -654,8 +660,10 @@ class Trainer:
             detector.threshold = DEFAULT_THRESHOLD  # a calibration of the old weights is void
             detector.to("cpu").eval()
             out = Path(self.job.out)
-            detector.save_pretrained(
-                out, model_card_kwargs={"card_text": render_card(self._card_info())})
+            info = self._card_info()
+            detector.save_pretrained(out, licences=info.built_from(),
+                                     model_card_kwargs={"card_text": render_card(info)})
+            copy_licence_files(self.inherited[0], self.inherited[1], out)
         self.dist.barrier()
         self.save_checkpoint(*self.position, finished=True, state=state)
 
@@ -696,6 +704,7 @@ class Trainer:
             validation=str(self.job.val) if self.job.val else None,
             metrics=self.validation,
             threshold=DEFAULT_THRESHOLD,
+            licences=self.inherited[0],
         )
 
     # --- entry point -------------------------------------------------------------------------

@@ -173,3 +173,38 @@ def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return cache
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """HfApi's network calls replaced at the boundary, a token set and the Hub switched on;
+    records each call, and for a commit the bytes of every file it uploads."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    calls: list[dict] = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append({"call": "create_repo", "repo_id": repo_id, **kwargs})
+        return SimpleNamespace(repo_id=repo_id)
+
+    def create_branch(self, repo_id, **kwargs):
+        calls.append({"call": "create_branch", "repo_id": repo_id, **kwargs})
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        files = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
+        calls.append({"call": "create_commit", "repo_id": repo_id, "files": files, **kwargs})
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{'0' * 40}")
+
+    def upload_folder(self, **kwargs):  # push must commit the files it checked, not re-list
+        raise AssertionError("upload_folder is not used")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_branch", create_branch)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -73,55 +72,54 @@ def test_convert_errors_exit_4_and_bad_options_2(tmp_path: Path, capsys) -> None
     assert code == 2 and "--format bogus: choose one of auto, dgs-net, univfd" in err
 
 
-@pytest.fixture
-def fake_hub(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """HfApi's network calls replaced at the boundary; records what would be uploaded."""
-    from huggingface_hub import HfApi
-
-    calls: list[dict] = []
-
-    def create_repo(self, repo_id, **kwargs):
-        calls.append({"call": "create_repo", "repo_id": repo_id, **kwargs})
-        return SimpleNamespace(repo_id=repo_id)
-
-    def upload_folder(self, *, folder_path, **kwargs):
-        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
-        calls.append({"call": "upload_folder", "files": files, **kwargs})
-        return f"https://huggingface.co/{kwargs['repo_id']}/commit/{COMMIT}"
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    return calls
-
-
-def test_push_uploads_config_weights_and_keeps_the_card(detector_dir: Path, fake_hub,
-                                                        capsys) -> None:
+def test_push_uploads_the_folder_as_it_is(detector_dir: Path, fake_hub, capsys) -> None:
     (detector_dir / "README.md").write_text("# My detector\n\nTrained on my data.\n")
     code, out, err = run(["push", str(detector_dir), "--repo", "me/my-detector", "--private",
                           "-m", "first"], capsys)
     assert code == 0, err
-    assert out.strip() == f"https://huggingface.co/me/my-detector/commit/{COMMIT}"
-    create, upload = fake_hub
-    assert create == {"call": "create_repo", "repo_id": "me/my-detector", "private": True,
-                      "exist_ok": True}
-    assert upload["repo_id"] == "me/my-detector" and upload["repo_type"] == "model"
-    assert upload["commit_message"] == "first"
-    assert set(upload["files"]) == {"config.json", "model.safetensors", "README.md"}
-    assert upload["files"]["README.md"].decode() == "# My detector\n\nTrained on my data.\n"
-    config = json.loads(upload["files"]["config.json"])
+    assert out.strip() == f"https://huggingface.co/me/my-detector/commit/{'0' * 40}"
+    assert f"pushed 3 files of {detector_dir} to hf://me/my-detector@main" in err
+    create, commit = fake_hub
+    assert create["repo_id"] == "me/my-detector" and create["private"] is True
+    assert commit["commit_message"] == "first" and commit["revision"] == "main"
+    assert commit["files"] == {p.name: p.read_bytes() for p in detector_dir.iterdir()}
+    config = json.loads(commit["files"]["config.json"])
     assert config["pretrained"] is None and "model_cfg" in config
-    assert config["aidetect_version"] and config == json.loads(
-        (detector_dir / "config.json").read_text())  # the folder's own config, as saved
+    assert config["aidetect_version"]  # the folder's own config, as saved
 
 
-def test_push_without_a_card_writes_the_mixin_card(detector_dir: Path, fake_hub,
-                                                   capsys) -> None:
-    (detector_dir / "README.md").unlink(missing_ok=True)
-    code, _, err = run(["push", str(detector_dir), "--repo", "hf://me/det"], capsys)
+def test_push_dry_run_lists_files_and_target(detector_dir: Path, fake_hub, capsys) -> None:
+    (detector_dir / "README.md").unlink()
+    (detector_dir / "train").mkdir()
+    (detector_dir / "train" / "checkpoint.pt").write_bytes(b"state")
+    code, out, err = run(["push", str(detector_dir), "--repo", "hf://me/det", "--revision",
+                          "dev", "--dry-run"], capsys)
     assert code == 0, err
-    card = fake_hub[1]["files"]["README.md"].decode()
-    assert "library_name: aidetect" in card
-    assert fake_hub[0]["private"] is False
+    assert out.splitlines() == [
+        "would upload to hf://me/det@dev:",
+        "  README.md (aidetect's card, written first: the folder has none)",
+        "  config.json",
+        "  model.safetensors",
+        "  left out: train/",
+    ]
+    assert fake_hub == [] and not (detector_dir / "README.md").exists()
+
+
+def test_push_refuses_a_missing_licence_file_in_one_line(detector_dir: Path, fake_hub,
+                                                         capsys) -> None:
+    config = json.loads((detector_dir / "config.json").read_text())
+    config["licenses"].append({"subject": "head", "name": "MIT", "file": "LICENSE-head.txt"})
+    (detector_dir / "config.json").write_text(json.dumps(config))
+    code, out, err = run(["push", str(detector_dir), "--repo", "me/det"], capsys)
+    assert (code, out) == (4, "")
+    assert err == (f"aidetect: error: {detector_dir}: licence file LICENSE-head.txt is named in "
+                   "its config or model card but missing from the folder; put it back before "
+                   "publishing\n")
+    assert fake_hub == []
+    (detector_dir / "LICENSE-head.txt").write_text("MIT License\n")
+    code, _, err = run(["push", str(detector_dir), "--repo", "me/det"], capsys)
+    assert code == 0, err
+    assert fake_hub[-1]["files"]["LICENSE-head.txt"] == b"MIT License\n"
 
 
 def test_push_refuses_a_non_detector_in_one_line(tmp_path: Path, fake_hub, capsys) -> None:
@@ -130,6 +128,40 @@ def test_push_refuses_a_non_detector_in_one_line(tmp_path: Path, fake_hub, capsy
     assert (code, out) == (4, "")
     assert err.count("\n") == 1 and "not a detector folder (no config.json)" in err
     assert fake_hub == []  # nothing reached the Hub
+
+
+def test_push_without_a_token_stops_before_the_hub(detector_dir: Path, fake_hub,
+                                                   monkeypatch, capsys) -> None:
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # no `hf auth login` either
+    code, out, err = run(["push", str(detector_dir), "--repo", "me/det"], capsys)
+    assert (code, out) == (2, "")
+    assert err == ("aidetect: error: no Hugging Face token: set HF_TOKEN to a token with write "
+                   "access, or run `hf auth login` (or use --dry-run to check the folder)\n")
+    assert fake_hub == []
+
+
+def test_push_offline_is_one_line_not_a_traceback(detector_dir: Path, fake_hub, monkeypatch,
+                                                  capsys) -> None:
+    """No network: huggingface_hub lets its HTTP client's ConnectError through."""
+    import requests
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import _http
+
+    # The HTTP client this huggingface_hub uses: httpx2 (2.x), httpx (1.x) or requests (0.x).
+    client = vars(_http).get("httpx2") or vars(_http).get("httpx")
+    connect_error = client.ConnectError if client else requests.ConnectionError
+
+    def unreachable(self, repo_id, **kwargs):
+        raise connect_error("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(HfApi, "create_repo", unreachable)
+    code, out, err = run(["push", str(detector_dir), "--repo", "me/det"], capsys)
+    assert (code, out) == (4, "")
+    assert err == ("aidetect: error: hf://me/det: cannot reach the Hugging Face Hub ([Errno -2] "
+                   "Name or service not known); check the network and try again\n")
 
 
 def test_eval_reports_the_hub_commit_and_sha256(hub_cache: Path, detector_dir: Path,

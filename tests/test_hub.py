@@ -203,15 +203,3 @@ def test_newer_format_is_refused(detector_dir: Path, make_detector, tmp_path: Pa
 
 def test_repo_not_in_cache_but_others_are(cached_repo: Path) -> None:
     expect(f"hf://owner/name@{OTHER}", "not in the Hugging Face cache")
-
-
-# --- push ----------------------------------------------------------------------------------
-def test_push_refuses_a_folder_that_is_not_a_detector(tmp_path: Path) -> None:
-    from aidetect.hub import push_detector
-
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "notes.txt").write_text("x")
-    with pytest.raises(WeightsError, match="not a detector folder"):
-        push_detector(tmp_path / "run", "me/det")
-    with pytest.raises(WeightsError, match="not a Hub repository id"):
-        push_detector(tmp_path / "run", "not a repo")

@@ -177,3 +177,29 @@ def test_saved_folder_files_get_ordinary_permissions(make_detector, tmp_path):
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "det").iterdir()}
     assert modes == {"README.md": 0o644, "config.json": 0o644, "model.safetensors": 0o644}
+
+
+def test_api_save_pretrained_writes_aidetects_card(make_detector, tmp_path):
+    """Not the Hub mixin's generic card ("[More Information Needed]")."""
+    from aidetect.licences import Licence
+
+    detector = make_detector(threshold=0.3)
+    detector.base_pretrained = "openai"  # as a detector built on OpenAI CLIP records it
+    detector.save_pretrained(tmp_path / "det")
+    card = (tmp_path / "det" / "README.md").read_text()
+    assert "More Information Needed" not in card and card.startswith("---\nlibrary_name: aidetect")
+    assert "Decision threshold: **0.3**" in card and "aidetect scan --weights" in card
+    assert "OpenAI CLIP weights" in card and ": MIT" in card and "Radford" in card
+    config = json.loads((tmp_path / "det" / "config.json").read_text())
+    assert config["licenses"][0]["name"] == "MIT"
+    assert Detector.from_pretrained(tmp_path / "det").threshold == 0.3  # the record loads
+
+    head = Licence(subject="head", name="MIT", file="LICENSE-head.txt", citation="Someone 2025.")
+    detector.save_pretrained(tmp_path / "given", licences=[head])
+    card = (tmp_path / "given" / "README.md").read_text()
+    assert "- head: MIT; the notice ships in this folder as `LICENSE-head.txt`." in card
+    assert "- Someone 2025." in card and "OpenAI CLIP" not in card
+    assert json.loads((tmp_path / "given" / "config.json").read_text())["licenses"] == [
+        head.to_dict()]
+    detector.save_pretrained(tmp_path / "own", model_card_kwargs={"card_text": "# Mine\n"})
+    assert (tmp_path / "own" / "README.md").read_text() == "# Mine\n"  # kept byte for byte

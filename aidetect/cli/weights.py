@@ -131,6 +131,7 @@ def _num(value: float | None) -> str:
 @app.command(
     "push",
     epilog="Examples:\n\n"
+    "  aidetect push runs/exp1 --repo me/my-detector --dry-run\n\n"
     "  aidetect push runs/exp1 --repo me/my-detector\n\n"
     "  HF_TOKEN=hf_xxx aidetect push runs/exp1 --repo me/my-detector --private",
 )
@@ -138,22 +139,44 @@ def push(
     folder: Annotated[str, typer.Argument(help="A detector folder (config.json + "
                                           "model.safetensors).")],
     repo: Annotated[str, typer.Option("--repo", "-r", help="The Hub repository, owner/name.")],
+    revision: Annotated[str | None, typer.Option(
+        "--revision", help="The branch to commit to (created if absent). Default: main.")] = None,
     private: Annotated[bool, typer.Option("--private", help="Create the repository as "
                                           "private.")] = False,
     message: Annotated[str | None, typer.Option("--message", "-m",
                                                 help="The commit message.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Check the folder and list what would be uploaded, and where; "
+                          "upload nothing.")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Upload a detector folder to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`).
+    """Upload a detector folder to the Hugging Face Hub as it is, in one commit (token:
+    HF_TOKEN or `hf auth login`).
 
-    The folder is loaded first and refused if it is not a valid detector; its README.md model
-    card is kept (a generic card is written when there is none).
+    The folder must load as a detector (as scan loads it) and hold every licence file its
+    config or model card names. Its files go up unchanged: its own README.md model card (one is
+    written into the folder when there is none), config.json, model.safetensors, licence
+    files. Hidden files and the run's resume state (train/) are left out.
     """
     from aidetect.cli.console import err_console
-    from aidetect.hub import push_detector
+    from aidetect.publish import push_detector
 
-    url = push_detector(folder, repo.removeprefix("hf://"), private=private,
-                        commit_message=message)
+    result = push_detector(folder, repo, revision=revision, private=private,
+                           commit_message=message, dry_run=dry_run)
+    target = f"hf://{result.repo_id}@{result.revision}"
+    if dry_run:
+        typer.echo(f"would upload to {target}:")
+        for name in result.files:
+            note = " (aidetect's card, written first: the folder has none)" \
+                if result.card_written and name == "README.md" else ""
+            typer.echo(f"  {name}{note}")
+        for name in result.left_out:
+            typer.echo(f"  left out: {name}")
+        return
     if not quiet:
-        err_console.print(f"pushed {folder} to hf://{repo.removeprefix('hf://')}")
-    typer.echo(url)
+        if result.card_written:
+            err_console.print(f"wrote {folder}/README.md (aidetect's card: the folder had none)",
+                              markup=False, soft_wrap=True)
+        err_console.print(f"pushed {len(result.files)} files of {folder} to {target}",
+                          markup=False, soft_wrap=True)
+    typer.echo(result.url)
