@@ -160,6 +160,7 @@ def push(
     """
     from aidetect.cli.console import err_console
     from aidetect.publish import push_detector
+    from aidetect.text import terminal_safe
 
     result = push_detector(folder, repo, revision=revision, private=private,
                            commit_message=message, dry_run=dry_run)
@@ -169,9 +170,9 @@ def push(
         for name in result.files:
             note = " (aidetect's card, written first: the folder has none)" \
                 if result.card_written and name == "README.md" else ""
-            typer.echo(f"  {name}{note}")
+            typer.echo(f"  {terminal_safe(name)}{note}")
         for name in result.left_out:
-            typer.echo(f"  left out: {name}")
+            typer.echo(f"  left out: {terminal_safe(name)}")
         return
     if not quiet:
         if result.card_written:
