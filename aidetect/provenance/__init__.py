@@ -9,6 +9,9 @@ Model as facts. It never prints and never raises for a bad file: what cannot be 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import struct
 import warnings
 import zlib
@@ -70,12 +73,32 @@ def load_trust_anchors(path: str | Path) -> str:
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or first_line(error)
         raise UsageError(f"--trust-anchors {str(path)!r}: cannot read it ({reason})") from None
-    if "-----BEGIN CERTIFICATE-----" not in text:
+    blocks = re.findall(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", text,
+                        re.DOTALL)
+    if not blocks:
         raise UsageError(f"--trust-anchors {str(path)!r}: no PEM certificate in it")
+    for number, block in enumerate(blocks, 1):
+        # c2pa takes a damaged block silently and then trusts nobody: refuse it here instead.
+        try:
+            der = base64.b64decode("".join(block.split()), validate=True)
+        except binascii.Error:
+            der = b""
+        if not _is_der_sequence(der):
+            raise UsageError(f"--trust-anchors {str(path)!r}: certificate {number} is not a "
+                             "valid PEM certificate")
     problem = check_trust_anchors(text)
     if problem is not None:
         raise UsageError(f"--trust-anchors {str(path)!r}: {problem}")
     return text
+
+
+def _is_der_sequence(der: bytes) -> bool:
+    """Whether `der` is one whole DER SEQUENCE (what an X.509 certificate is) of its stated
+    length: catches truncated, padded and mangled PEM blocks."""
+    if len(der) < 64 or der[0] != 0x30 or not 0x81 <= der[1] <= 0x83:
+        return False
+    octets = der[1] - 0x80
+    return 2 + octets + int.from_bytes(der[2 : 2 + octets], "big") == len(der)
 
 
 def read_provenance(path: str | Path, settings: ProvenanceSettings | None = None, *,
