@@ -126,7 +126,7 @@ def xmp_packet(source_type: str | None = None, *, creator_tool: str | None = Non
         'xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
         f'xmlns:xmp="http://ns.adobe.com/xap/1.0/"{attrs}>{children}</rdf:Description>'
         '</rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
-    ).encode("utf-8")
+    ).encode()
 
 
 def with_xmp(fmt: str, packet: bytes, *, seed: int = 0) -> bytes:
@@ -157,6 +157,13 @@ def jpeg_with_exif(*, seed: int = 0, user_comment: bytes | None = None, **ifd0: 
     if user_comment is not None:
         exif.get_ifd(0x8769)[0x9286] = user_comment
     return image_bytes("JPEG", seed=seed, exif=exif.tobytes())
+
+
+def jpeg_with_corrupt_exif(*, seed: int = 0) -> bytes:
+    """A JPEG whose EXIF IFD claims 65535 entries and holds a few bytes."""
+    raw = image_bytes("JPEG", seed=seed)
+    segment = b"Exif\x00\x00" + b"II*\x00\x08\x00\x00\x00" + b"\xff\xff" + b"\x01" * 40
+    return raw[:2] + b"\xff\xe1" + (len(segment) + 2).to_bytes(2, "big") + segment + raw[2:]
 
 
 def user_comment(text: str) -> bytes:

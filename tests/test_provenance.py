@@ -13,6 +13,7 @@ from provenance_files import (
     corrupt_c2pa,
     deeply_nested_xmp,
     image_bytes,
+    jpeg_with_corrupt_exif,
     jpeg_with_exif,
     make_chain,
     png_with_text,
@@ -225,6 +226,12 @@ def test_exif_software_make_and_model_are_facts_not_declarations(tmp_path) -> No
         ("exif", "Software", "GIMP 2.10.36", None), ("exif", "Make", "Canon", None),
         ("exif", "Model", "Canon EOS R5", None)}
     assert provenance.declared is None
+
+
+def test_corrupt_exif_is_an_error(tmp_path) -> None:
+    provenance = read(tmp_path, "bad.jpg", jpeg_with_corrupt_exif())
+    assert provenance.error.startswith("damaged metadata (Corrupt EXIF data.")
+    assert provenance.declared is None and "\n" not in provenance.error
 
 
 def test_a_huge_text_chunk_is_an_error_and_the_rest_is_read(tmp_path) -> None:

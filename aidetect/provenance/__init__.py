@@ -118,12 +118,16 @@ def read_provenance(path: str | Path, settings: ProvenanceSettings | None = None
     saved_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # headers only: the pixel limit is the decoder's business
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # damaged EXIF warns; the engine never prints
+        # Pillow warns, rather than raises, on damaged EXIF and TIFF tags: recorded (the
+        # engine never prints) and reported as the file's provenance error.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             with Image.open(path) as image:
                 fmt = str(image.format)
                 info = dict(image.info)
                 provenance.evidence += _exif(image, errors)
+        errors += [f"damaged metadata ({' '.join(str(w.message).split())})" for w in caught
+                   if not issubclass(w.category, DeprecationWarning)][:1]
     except _CONTAINER_ERRORS as error:
         provenance.error = f"metadata unreadable ({first_line(error)})"
         return provenance

@@ -131,12 +131,15 @@ def size_text(result: ImageResult) -> str:
 
 
 def declared_mark(result: ImageResult) -> str:
-    """Short text for the table: "AI: c2pa, xmp", "capture: c2pa", "?" for a provenance
-    error with nothing declared, or empty."""
+    """Short text for the table: "AI: c2pa, xmp", "capture: c2pa"; with nothing declared,
+    "C2PA invalid" for a manifest that fails validation, "?" for a provenance error, or
+    empty."""
     provenance = result.provenance
     if provenance is None:
         return ""
     if provenance.declared is None:
+        if any(e.get("state") == "invalid" for e in provenance.evidence):
+            return "C2PA invalid"
         return "?" if provenance.error else ""
     kind = "AI" if provenance.declared == "ai-generated" else "capture"
     return f"{kind}: {', '.join(provenance.declared_by)}"

@@ -101,7 +101,7 @@ class TableWriter(ReportWriter):
 
 def _mark(result: ImageResult | None) -> Text:
     mark = declared_mark(result) if result is not None else ""
-    style = "bold magenta" if mark.startswith("AI") else "cyan" if mark != "?" else "yellow"
+    style = {"AI": "bold magenta", "ca": "cyan"}.get(mark[:2], "yellow")
     return Text(terminal_safe(mark), style=style)
 
 
