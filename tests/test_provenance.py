@@ -228,6 +228,18 @@ def test_exif_software_make_and_model_are_facts_not_declarations(tmp_path) -> No
     assert provenance.declared is None
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF"])
+def test_exif_software_in_other_containers(tmp_path, fmt) -> None:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0131] = "Photoshop 25.0"
+    data = image_bytes(fmt, exif=exif.tobytes() if fmt != "TIFF" else exif)
+    provenance = read(tmp_path, f"e.{fmt.lower()}", data)
+    assert [(e["source"], e["key"], e["value"]) for e in provenance.evidence] == [
+        ("exif", "Software", "Photoshop 25.0")]
+
+
 def test_corrupt_exif_is_an_error(tmp_path) -> None:
     provenance = read(tmp_path, "bad.jpg", jpeg_with_corrupt_exif())
     assert provenance.error.startswith("damaged metadata (Corrupt EXIF data.")

@@ -217,3 +217,12 @@ def test_fail_on_declared_ai_and_no_provenance(capsys, folder, detector_dir) -> 
     assert code == 2 and "--fail-on-declared-ai needs provenance" in err
     code, _, err = scan(capsys, str(folder), *weights, "--trust-anchors", "nope.pem")
     assert code == 2 and "--trust-anchors 'nope.pem': cannot read it" in err
+
+
+def test_decoding_worker_processes_read_provenance_too(capsys, folder, detector_dir) -> None:
+    with pytest.raises(SystemExit):
+        main(["scan", str(folder), "-w", str(detector_dir), "-f", "json", "--workers", "2",
+              "--batch-size", "3", "--trust-anchors", "roots.pem"])
+    results = {Path(r["path"]).name: r for r in json.loads(capsys.readouterr().out)["results"]}
+    for name, (_, declared, _) in DECLARING.items():
+        assert results[name]["provenance"]["declared"] == declared

@@ -162,6 +162,8 @@ def read_provenance(path: str | Path, settings: ProvenanceSettings | None = None
 
 def _exif(image: Any, errors: list[str]) -> list[dict[str, Any]]:
     """EXIF Software, Make and Model as facts; A1111-style parameters in UserComment."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return []  # Pillow would decode every pixel to look for an eXIf chunk after them
     try:
         exif = image.getexif()
         facts = [(name, exif.get(tag)) for tag, name in EXIF_FACTS.items()]
