@@ -112,6 +112,8 @@ def read_provenance(path: str | Path, settings: ProvenanceSettings | None = None
     """
     from PIL import Image
 
+    from aidetect.data import ALLOWED_FORMATS
+
     settings = settings or ProvenanceSettings()
     provenance = Provenance()
     errors: list[str] = []
@@ -122,7 +124,7 @@ def read_provenance(path: str | Path, settings: ProvenanceSettings | None = None
         # engine never prints) and reported as the file's provenance error.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with Image.open(path) as image:
+            with Image.open(path, formats=ALLOWED_FORMATS) as image:  # the scan's decoders
                 fmt = str(image.format)
                 info = dict(image.info)
                 provenance.evidence += _exif(image, errors)
