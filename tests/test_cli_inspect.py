@@ -18,8 +18,6 @@ from provenance_files import (
 
 from aidetect.cli.app import main
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 
 def inspect(capsys, *args: str) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exit_info:

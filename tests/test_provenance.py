@@ -28,8 +28,6 @@ from aidetect.errors import UsageError
 from aidetect.provenance import ProvenanceSettings, load_trust_anchors, read_provenance
 from aidetect.provenance.xmp import AI_SOURCE_TYPES, CAPTURE_SOURCE_TYPES
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 
 @pytest.fixture(scope="module")
 def trusted():

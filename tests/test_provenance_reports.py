@@ -30,8 +30,6 @@ from provenance_files import (
 from aidetect.cli.app import main
 from aidetect.report import report_schema
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 # name: (declared without a trust list, declared with it, the sources declaring it)
 DECLARING = {
     "c2pa-ai.jpg": ("ai-generated", "ai-generated", ["c2pa"]),

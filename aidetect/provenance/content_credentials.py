@@ -60,7 +60,7 @@ def read_content_credentials(path: str, fmt: str, *, trust_anchors: str | None =
     except C2paError.RemoteManifest:
         raise ContentCredentialsError("C2PA manifest is stored at a URL; not fetched (offline)")\
             from None
-    except (C2paError, ValueError) as error:
+    except (C2paError, ValueError, OSError) as error:
         raise ContentCredentialsError(f"unreadable C2PA manifest store ({first_line(error)})")\
             from None
     return evidence_from_store(store, trusted_list=trust_anchors is not None), (
