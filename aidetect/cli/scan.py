@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,9 @@ from aidetect.cli.options import (
     WorkersOption,
 )
 from aidetect.config import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from aidetect.provenance import ProvenanceSettings
 
 SCAN_EXAMPLES = """
 Examples:
@@ -154,7 +157,8 @@ def scan_command(
     raise typer.Exit(code)
 
 
-def _provenance_settings(off: bool, trust_anchors: str | None, fail_on_declared: bool):
+def _provenance_settings(off: bool, trust_anchors: str | None,
+                         fail_on_declared: bool) -> ProvenanceSettings | None:
     """The scan's `ProvenanceSettings`, or None with --no-provenance."""
     from aidetect.errors import UsageError
     from aidetect.provenance import ProvenanceSettings, load_trust_anchors
@@ -196,7 +200,8 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
              workers: int | None, threads: int | None, threshold: float | None, fmt: str,
              output: str | None, fail_on_ai: bool, quiet: bool, exclude: list[str],
              follow_symlinks: bool, max_pixels: int, precision: str,
-             provenance=None, fail_on_declared_ai: bool = False) -> int:
+             provenance: ProvenanceSettings | None = None,
+             fail_on_declared_ai: bool = False) -> int:
     """Find, load, scan, report; returns the exit code."""
     from datetime import datetime, timezone
 
