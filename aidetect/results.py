@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from aidetect.provenance.evidence import DECLARED_AI, Provenance
+
 SCHEMA_VERSION = 1  # of the JSON / JSONL report layout; bumped on any incompatible change
 LABEL_AI = "ai-generated"
 LABEL_REAL = "real"
@@ -29,6 +31,7 @@ class ImageResult:
     height: int | None = None
     error: str | None = None  # one line naming the problem; None when scored
     thumbnail: bytes | None = field(default=None, repr=False)  # JPEG, for the HTML report only
+    provenance: Provenance | None = None  # what the file declares; None when not read
 
     @property
     def ok(self) -> bool:
@@ -37,6 +40,11 @@ class ImageResult:
     @property
     def is_ai(self) -> bool:
         return self.label == LABEL_AI
+
+    @property
+    def declares_ai(self) -> bool:
+        """Whether the file's metadata declares it AI-generated (whatever its score)."""
+        return self.provenance is not None and self.provenance.declared == DECLARED_AI
 
     def to_dict(self) -> dict[str, Any]:
         """The per-file object of the JSON, JSONL and CSV reports (every key always present)."""
@@ -50,6 +58,7 @@ class ImageResult:
             "width": self.width,
             "height": self.height,
             "error": self.error,
+            "provenance": self.provenance.to_dict() if self.provenance is not None else None,
         }
 
 
@@ -86,12 +95,14 @@ class Counts:
     ai_generated: int = 0
     real: int = 0
     errors: int = 0
+    declared_ai: int = 0  # files whose metadata declares AI generation, scored or not
 
     @property
     def total(self) -> int:
         return self.scanned + self.errors
 
     def add(self, result: ImageResult) -> None:
+        self.declared_ai += result.declares_ai
         if not result.ok:
             self.errors += 1
             return
@@ -108,6 +119,7 @@ class Counts:
             "ai_generated": self.ai_generated,
             "real": self.real,
             "errors": self.errors,
+            "declared_ai": self.declared_ai,
         }
 
 

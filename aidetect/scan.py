@@ -25,6 +25,7 @@ from aidetect.devices import default_workers
 from aidetect.errors import ImageError, UsageError
 from aidetect.precision import choose_precision, cpu_features, prepare_for_inference
 from aidetect.preprocess import preprocess_tensor, to_tensor
+from aidetect.provenance import ProvenanceSettings, read_provenance
 from aidetect.results import LABEL_AI, LABEL_REAL, ImageResult
 
 THUMBNAIL_SIDE = 256  # px, the longer side of an HTML report's thumbnails
@@ -43,11 +44,13 @@ class _FileDataset(torch.utils.data.Dataset):
     """Candidates -> preprocessed tensors. Never raises on a bad file: it reports it."""
 
     def __init__(self, candidates: Sequence[Candidate], preprocess: PreprocessConfig, *,
-                 max_pixels: int | None, thumbnails: bool) -> None:
+                 max_pixels: int | None, thumbnails: bool,
+                 provenance: ProvenanceSettings | None = None) -> None:
         self.candidates = list(candidates)
         self.preprocess = preprocess
         self.max_pixels = max_pixels
         self.thumbnails = thumbnails
+        self.provenance = provenance  # None: not read
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -57,6 +60,8 @@ class _FileDataset(torch.utils.data.Dataset):
         result = ImageResult(path=candidate.path, error=candidate.error)
         if candidate.error is not None:
             return _Decoded(index, None, result)
+        if self.provenance is not None:  # never raises; a bad file gets provenance.error
+            result.provenance = read_provenance(candidate.path, self.provenance)
         try:
             decoded = open_image(candidate.path, max_pixels=self.max_pixels)
             result.format, result.mode = decoded.format, decoded.mode
@@ -141,8 +146,11 @@ class Scanner:
 
     def scan(self, candidates: Sequence[Candidate], *, batch_size: int = 32,
              workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-             thumbnails: bool = False) -> Iterator[ImageResult]:
-        """Score `candidates`, yielding one result per candidate in their order."""
+             thumbnails: bool = False,
+             provenance: ProvenanceSettings | None = None) -> Iterator[ImageResult]:
+        """Score `candidates`, yielding one result per candidate in their order; with
+        `provenance` settings, each result also carries what its file declares
+        (`aidetect.provenance`)."""
         if batch_size < 1:
             raise UsageError(f"--batch-size {batch_size}: must be at least 1")
         workers = default_workers() if workers is None else workers
@@ -151,7 +159,8 @@ class Scanner:
         if not candidates:
             return
         dataset = _FileDataset(candidates, self.detector.preprocess_config,
-                               max_pixels=max_pixels, thumbnails=thumbnails)
+                               max_pixels=max_pixels, thumbnails=thumbnails,
+                               provenance=provenance)
         workers = min(workers, -(-len(dataset) // batch_size))  # no idle processes
         loader = torch.utils.data.DataLoader(
             dataset,

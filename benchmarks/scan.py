@@ -7,11 +7,15 @@
   steady-state rate (results after the first two batches, over the time they took).
 - where the time goes, per image: decoding (aidetect.data.open_image), preprocessing (patch
   selection or centre crop), and the model's share of a batch.
+- provenance (aidetect.provenance: C2PA, XMP, EXIF, generator parameters): the scan with and
+  without it (`--no-provenance`), and its cost per image read alone; target: at most 5% of the
+  CPU scan's time.
 - on CUDA: the largest score difference between the bf16 (fp16 before Ampere) autocast the scan
   uses and fp32.
 
 The detector has random weights (speed does not depend on them); the images are 1024x768
-JPEGs of smooth noise with some texture, so they compress like photographs.
+JPEGs of smooth noise with some texture, so they compress like photographs, with EXIF and an
+XMP packet as a camera or an editor writes them (so that provenance has something to parse).
 
     python benchmarks/scan.py                                   # CPU, ViT-B-16
     python benchmarks/scan.py --device cuda --backbone ViT-L-14-quickgelu --images 512
@@ -40,7 +44,21 @@ def make_images(folder: Path, count: int, width: int, height: int) -> None:
         smooth = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
         grain = rng.normal(0, 6, (height, width, 3))
         pixels = np.clip(np.asarray(smooth, dtype=np.float64) + grain, 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"img{i:05d}.jpg", quality=90)
+        exif = Image.Exif()
+        exif.update({0x010F: "Canon", 0x0110: "Canon EOS R5", 0x0131: "Adobe Lightroom 13.1"})
+        Image.fromarray(pixels).save(folder / f"img{i:05d}.jpg", quality=90, exif=exif,
+                                     xmp=XMP_PACKET)
+
+
+XMP_PACKET = (
+    b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+    b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+    b'rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
+    b'xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
+    b'xmp:CreatorTool="Adobe Lightroom 13.1" Iptc4xmpExt:DigitalSourceType='
+    b'"http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture"/></rdf:RDF></x:xmpmeta>'
+    b'<?xpacket end="w"?>'
+)
 
 
 def bare_forward(detector, tensors, batch_size: int, device, repeats: int) -> float:
@@ -64,10 +82,11 @@ def bare_forward(detector, tensors, batch_size: int, device, repeats: int) -> fl
 
 
 def scan_subprocess(folder: Path, weights: Path, *, device: str, batch_size: int,
-                    workers: int | None) -> dict:
+                    workers: int | None, extra: tuple[str, ...] = ()) -> dict:
     """Run the real command; time each result line as it arrives."""
     command = [sys.executable, "-m", "aidetect", "scan", str(folder), "--weights", str(weights),
-               "--device", device, "--batch-size", str(batch_size), "--format", "jsonl", "-q"]
+               "--device", device, "--batch-size", str(batch_size), "--format", "jsonl", "-q",
+               *extra]
     if workers is not None:
         command += ["--workers", str(workers)]
     start = time.perf_counter()
@@ -127,6 +146,17 @@ def bare_forward_once(scanner, batch, batch_size: int, device) -> float:
     return len(batch) / (time.perf_counter() - start)
 
 
+def provenance_ms(paths: list[Path]) -> float:
+    """Milliseconds per image of `read_provenance` alone (after one warm-up read)."""
+    from aidetect.provenance import read_provenance
+
+    read_provenance(paths[0])
+    start = time.perf_counter()
+    for path in paths:
+        read_provenance(path)
+    return 1000 * (time.perf_counter() - start) / len(paths)
+
+
 def precision_gap(detector, tensors, device, batch_size: int) -> float:
     """Largest |score(autocast) - score(fp32)| over the images."""
     import torch
@@ -181,6 +211,15 @@ def main() -> None:
         bare = bare_forward(detector, tensors, args.batch_size, device, repeats=3)
         scan = scan_subprocess(folder, weights, device=args.device, batch_size=args.batch_size,
                                workers=args.workers)
+        # With and without provenance, interleaved (the first with-run is `scan` above), the
+        # best total of each: the least disturbed by other load on the machine.
+        totals = {"with": [scan["total_s"]], "without": []}
+        for mode in ("without", "with", "without"):
+            run = scan_subprocess(folder, weights, device=args.device,
+                                  batch_size=args.batch_size, workers=args.workers,
+                                  extra=("--no-provenance",) if mode == "without" else ())
+            totals[mode].append(run["total_s"])
+        provenance = provenance_ms(paths)
 
         print(f"machine: {machine(device)}")
         print(f"model: {args.backbone} (random weights), {args.images} JPEGs {args.size}, "
@@ -192,6 +231,12 @@ def main() -> None:
               f"({scan['images']} images in {scan['total_s']:.1f} s)")
         print(f"ratio scan / bare: {scan['steady_images_per_s'] / bare:8.3f}  (target >= 0.9)")
         print(f"start-up to first result: {scan['first_result_s']:.2f} s")
+        with_s, without_s = min(totals["with"]), min(totals["without"])
+        print(f"scan time with provenance {with_s:.1f} s, --no-provenance {without_s:.1f} s "
+              f"(best of 2 each, interleaved): ratio {with_s / without_s:.3f}  (target <= 1.05)")
+        share = provenance * scan["steady_images_per_s"] / 1000
+        print(f"provenance alone: {provenance:.2f} ms per image = {100 * share:.1f}% of the "
+              f"scan's steady-state time per image  (target <= 5%)")
         if device.type == "cuda":
             gap = precision_gap(detector, tensors, device, args.batch_size)
             print(f"max |score autocast - score fp32|: {gap:.2e}  (must be < 1e-2)")

@@ -90,7 +90,7 @@ def test_json_report_has_every_file_once_and_fits_its_schema(capsys, photos, det
     assert "--max-pixels" in errors["bomb.png"] and "not a supported" in errors["text.jpg"]
     counts = report["counts"]
     assert counts == {"total": 18, "scanned": 11, "ai_generated": counts["ai_generated"],
-                      "real": 11 - counts["ai_generated"], "errors": 7}
+                      "real": 11 - counts["ai_generated"], "errors": 7, "declared_ai": 0}
     modes = {Path(r["path"]).name: (r["format"], r["mode"]) for r in report["results"]}
     assert modes["cmyk.jpg"] == ("JPEG", "CMYK") and modes["deep.png"][1].startswith("I")
     assert modes["palette.gif"] == ("GIF", "P") and modes["gray.tiff"] == ("TIFF", "L")

@@ -22,6 +22,8 @@ from aidetect.report import (
     report_schema,
     summary_line,
 )
+from aidetect.report.base import PROVENANCE_COLUMNS
+from aidetect.report.data import CSV_FIELDS
 from aidetect.results import (
     LABEL_AI,
     LABEL_REAL,
@@ -135,7 +137,8 @@ def test_json_lists_every_file_once_in_add_order_and_matches_the_schema(results)
     assert {k: v for k, v in report.items() if k != "results"} == info.to_dict()
     assert report["model"]["sha256"] == SHA and report["model"]["revision"] == "a" * 40
     counts = report["counts"]
-    assert counts == {"total": 6, "scanned": 4, "ai_generated": 2, "real": 2, "errors": 2}
+    assert counts == {"total": 6, "scanned": 4, "ai_generated": 2, "real": 2, "errors": 2,
+                      "declared_ai": 0}
     assert report["complete"] is True
 
 
@@ -228,11 +231,13 @@ def test_csv_has_the_result_columns_and_one_row_per_file(results) -> None:
     text = _write("csv", results, _info(results))
     reader = csv.DictReader(io.StringIO(text, newline=""))
     rows = list(reader)
-    assert tuple(reader.fieldnames) == RESULT_FIELDS
+    assert tuple(reader.fieldnames) == CSV_FIELDS
     assert [row["path"] for row in rows] == [r.path for r in results]
     for row, result in zip(rows, results, strict=True):
-        expected = {k: "" if v is None else str(v) for k, v in result.to_dict().items()}
-        assert row == expected
+        expected = {k: "" if v is None else str(v) for k, v in result.to_dict().items()
+                    if k != "provenance"}
+        # Provenance not read: its four text columns are empty.
+        assert row == {**expected, **dict.fromkeys(PROVENANCE_COLUMNS, "")}
     assert rows[2]["score"] == "" and rows[2]["error"] == "cannot decode: truncated file"
 
 
@@ -395,7 +400,7 @@ def test_an_empty_scan_gives_a_valid_report(fmt: str) -> None:
     elif fmt == "jsonl":
         assert [json.loads(line) for line in text.splitlines()] == [{"summary": info.to_dict()}]
     elif fmt == "csv":
-        assert text.splitlines() == [",".join(RESULT_FIELDS)]
+        assert text.splitlines() == [",".join(CSV_FIELDS)]
     elif fmt == "table":
         assert text.strip() == summary_line(info)
     else:

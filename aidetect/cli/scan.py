@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,9 @@ from aidetect.cli.options import (
     WorkersOption,
 )
 from aidetect.config import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from aidetect.provenance import ProvenanceSettings
 
 SCAN_EXAMPLES = """
 Examples:
@@ -40,7 +43,12 @@ Examples:
 
   aidetect scan ./photos --fail-on-ai             # exit 1 if any image is AI-generated
 
-Exit codes: 0 every file scanned; 1 --fail-on-ai and an image judged AI-generated; 2 usage
+  aidetect scan ./photos --fail-on-declared-ai   # exit 1 if a file declares AI
+
+  aidetect scan ./photos --trust-anchors roots.pem   # trusted C2PA signers
+
+Exit codes: 0 every file scanned; 1 --fail-on-ai and an image judged AI-generated (or
+--fail-on-declared-ai and a file whose metadata declares it); 2 usage
 error (bad option, missing path, unavailable device); 3 incomplete (some files could not be
 scored, or none found); 4 the weights cannot be obtained or loaded; 130 interrupted (the report
 of what was scanned is still written, marked incomplete). 2 and 4 win over 1, and 1 over 3.
@@ -97,6 +105,21 @@ def scan_command(
     fail_on_ai: Annotated[
         bool, typer.Option("--fail-on-ai", help="Exit 1 if any image is judged AI-generated.")
     ] = False,
+    fail_on_declared_ai: Annotated[
+        bool, typer.Option("--fail-on-declared-ai", help="Exit 1 if any file's metadata "
+                           "declares it AI-generated (C2PA, IPTC XMP, generator parameters), "
+                           "whatever its score. With --fail-on-ai: either counts.")
+    ] = False,
+    no_provenance: Annotated[
+        bool, typer.Option("--no-provenance", help="Do not read C2PA, XMP, EXIF or generator "
+                           "metadata.")
+    ] = False,
+    trust_anchors: Annotated[
+        str | None,
+        typer.Option("--trust-anchors", metavar="PEM", show_default="none: no signer trusted",
+                     help="Root certificates (PEM) whose C2PA signers are trusted; only a "
+                     "trusted manifest can declare a camera capture."),
+    ] = None,
     quiet: QuietOption = False,
     exclude: Annotated[
         list[str] | None,
@@ -122,14 +145,31 @@ def scan_command(
     if not paths:
         raise UsageError("no paths given: aidetect scan PATH... (or - to read paths from stdin)")
     fmt = _choose_format(report_format, output)
+    provenance = _provenance_settings(no_provenance, trust_anchors, fail_on_declared_ai)
     with interruptions():
         code = run_scan(
             paths=_expand_stdin(paths), weights=weights, device=device, batch_size=batch_size,
             workers=workers, threads=threads, threshold=threshold, fmt=fmt, output=output,
             fail_on_ai=fail_on_ai, quiet=quiet, exclude=exclude or [],
             follow_symlinks=follow_symlinks, max_pixels=max_pixels, precision=precision.value,
+            provenance=provenance, fail_on_declared_ai=fail_on_declared_ai,
         )
     raise typer.Exit(code)
+
+
+def _provenance_settings(off: bool, trust_anchors: str | None,
+                         fail_on_declared: bool) -> ProvenanceSettings | None:
+    """The scan's `ProvenanceSettings`, or None with --no-provenance."""
+    from aidetect.errors import UsageError
+    from aidetect.provenance import ProvenanceSettings, load_trust_anchors
+
+    if off:
+        if trust_anchors is not None or fail_on_declared:
+            option = "--trust-anchors" if trust_anchors is not None else "--fail-on-declared-ai"
+            raise UsageError(f"{option} needs provenance; drop --no-provenance")
+        return None
+    anchors = load_trust_anchors(trust_anchors) if trust_anchors is not None else None
+    return ProvenanceSettings(trust_anchors=anchors)
 
 
 def _choose_format(report_format: ReportFormat | None, output: str | None) -> str:
@@ -159,7 +199,9 @@ def _expand_stdin(paths: list[str]) -> list[str]:
 def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
              workers: int | None, threads: int | None, threshold: float | None, fmt: str,
              output: str | None, fail_on_ai: bool, quiet: bool, exclude: list[str],
-             follow_symlinks: bool, max_pixels: int, precision: str) -> int:
+             follow_symlinks: bool, max_pixels: int, precision: str,
+             provenance: ProvenanceSettings | None = None,
+             fail_on_declared_ai: bool = False) -> int:
     """Find, load, scan, report; returns the exit code."""
     from datetime import datetime, timezone
 
@@ -204,7 +246,8 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
                            enabled=not quiet and err_console.is_terminal) as advance:
                 for result in scanner.scan(candidates, batch_size=batch_size, workers=workers,
                                            max_pixels=max_pixels,
-                                           thumbnails=needs_thumbnails(fmt)):
+                                           thumbnails=needs_thumbnails(fmt),
+                                           provenance=provenance):
                     info.counts.add(result)
                     writer.add(result)
                     advance()
@@ -228,7 +271,8 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
         err_console.print(f"report written to {output}", soft_wrap=True, markup=False)
     if not info.complete:
         return 130
-    if fail_on_ai and info.counts.ai_generated:
+    if ((fail_on_ai and info.counts.ai_generated)
+            or (fail_on_declared_ai and info.counts.declared_ai)):
         return EXIT_AI_FOUND
     if info.counts.errors or info.counts.total == 0:
         return EXIT_INCOMPLETE

@@ -15,6 +15,7 @@ from typing import IO, Any, TextIO
 
 from aidetect.atomic import atomic_open
 from aidetect.errors import UsageError
+from aidetect.provenance.evidence import describe
 from aidetect.results import ImageResult, ScanInfo
 from aidetect.text import clean, duration, rate, terminal_safe
 
@@ -23,8 +24,9 @@ def summary_line(info: ScanInfo) -> str:
     """One line: counts, device, time and rate, e.g. for stderr after a JSON report."""
     c = info.counts
     errors = f"{c.errors} error" + ("" if c.errors == 1 else "s")
+    declared = f", {c.declared_ai} declared AI-generated" if c.declared_ai else ""
     line = (
-        f"{c.scanned} scanned: {c.ai_generated} AI-generated, {c.real} real, {errors}"
+        f"{c.scanned} scanned: {c.ai_generated} AI-generated, {c.real} real, {errors}{declared}"
         f" · {terminal_safe(info.device)} · {duration(info.elapsed_seconds)}"
         f" · {rate(info.images_per_second)} images/s"
     )
@@ -126,6 +128,38 @@ def score_text(result: ImageResult) -> str:
 def size_text(result: ImageResult) -> str:
     """"WxH", or empty when the size is unknown."""
     return f"{result.width}x{result.height}" if result.width and result.height else ""
+
+
+def declared_mark(result: ImageResult) -> str:
+    """Short text for the table: "AI: c2pa, xmp", "capture: c2pa"; with nothing declared,
+    "C2PA invalid" for a manifest that fails validation, "?" for a provenance error, or
+    empty."""
+    provenance = result.provenance
+    if provenance is None:
+        return ""
+    if provenance.declared is None:
+        if any(e.get("state") == "invalid" for e in provenance.evidence):
+            return "C2PA invalid"
+        return "?" if provenance.error else ""
+    kind = "AI" if provenance.declared == "ai-generated" else "capture"
+    return f"{kind}: {', '.join(provenance.declared_by)}"
+
+
+def provenance_cells(result: ImageResult) -> dict[str, str]:
+    """The provenance as flat text columns (CSV): the verdict, its sources, each piece of
+    evidence in one line (joined by " | "), and the error; all empty when not read."""
+    provenance = result.provenance
+    if provenance is None:
+        return dict.fromkeys(PROVENANCE_COLUMNS, "")
+    return {
+        "declared": provenance.declared or "",
+        "declared_by": ";".join(provenance.declared_by),
+        "provenance": " | ".join(describe(item) for item in provenance.evidence),
+        "provenance_error": provenance.error or "",
+    }
+
+
+PROVENANCE_COLUMNS = ("declared", "declared_by", "provenance", "provenance_error")
 
 
 def result_dict(result: ImageResult) -> dict[str, Any]:

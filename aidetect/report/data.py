@@ -12,7 +12,12 @@ import io
 import json
 from typing import Any
 
-from aidetect.report.base import ReportWriter, result_dict
+from aidetect.report.base import (
+    PROVENANCE_COLUMNS,
+    ReportWriter,
+    provenance_cells,
+    result_dict,
+)
 from aidetect.results import RESULT_FIELDS, ImageResult, ScanInfo
 from aidetect.text import clean
 
@@ -45,15 +50,19 @@ class JsonlWriter(ReportWriter):
             self._stream.flush()
 
 
+CSV_FIELDS = tuple(k for k in RESULT_FIELDS if k != "provenance") + PROVENANCE_COLUMNS
+
+
 class CsvWriter(ReportWriter):
-    """A header of `RESULT_FIELDS`, then one row per file in add order; null is an empty cell."""
+    """A header of `CSV_FIELDS` (the result's fields, the provenance flattened into text
+    columns), then one row per file in add order; null is an empty cell."""
 
     def render(self, info: ScanInfo) -> str:
         buffer = io.StringIO()
         # "\n": the stream or file adds the platform's line ending when it is written.
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(RESULT_FIELDS)
+        writer.writerow(CSV_FIELDS)
         for result in self.results:
-            row = result_dict(result)
-            writer.writerow("" if row[k] is None else row[k] for k in RESULT_FIELDS)
+            row = {**result_dict(result), **clean(provenance_cells(result))}
+            writer.writerow("" if row[k] is None else row[k] for k in CSV_FIELDS)
         return buffer.getvalue()

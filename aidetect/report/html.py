@@ -7,6 +7,7 @@ import html
 import math
 from typing import Any
 
+from aidetect.provenance.evidence import declaration_text
 from aidetect.report.base import (
     ReportWriter,
     score_text,
@@ -24,7 +25,9 @@ class HtmlWriter(ReportWriter):
 
     Each card is `<figure class="result" data-path=... data-label=... data-score=...>`;
     `data-label` is "ai-generated", "real" or "error", and `data-score` (the full float) is
-    absent for errors. A Content-Security-Policy forbids every network fetch.
+    absent for errors. `data-declared` ("ai-generated" or "capture") is present when the file's
+    metadata declares its origin; the caption then says so and names the sources. A
+    Content-Security-Policy forbids every network fetch.
     """
 
     def render(self, info: ScanInfo) -> str:
@@ -70,6 +73,8 @@ def _card(result: ImageResult) -> str:
     attrs = f'class="result {label}" data-path="{_esc(result.path)}" data-label="{label}"'
     if result.ok and result.score is not None and math.isfinite(result.score):
         attrs += f' data-score="{result.score!r}"'
+    if result.provenance is not None and result.provenance.declared is not None:
+        attrs += f' data-declared="{_esc(result.provenance.declared)}"'
     if result.thumbnail:
         data = base64.b64encode(result.thumbnail).decode("ascii")
         thumb = f'<img src="data:image/jpeg;base64,{data}" alt="{_esc(result.path)}">'
@@ -84,6 +89,13 @@ def _card(result: ImageResult) -> str:
         caption.append(f'<span class="size">{size_text(result)}</span>')
     if result.error:
         caption.append(f'<span class="error">{_esc(result.error)}</span>')
+    if result.provenance is not None:
+        if result.provenance.declared is not None:
+            caption.append(f'<span class="declared">'
+                           f'{_esc(declaration_text(result.provenance))}</span>')
+        if result.provenance.error:
+            caption.append(f'<span class="provenance-error">provenance: '
+                           f'{_esc(result.provenance.error)}</span>')
     return f'<figure {attrs}>{thumb}<figcaption>{" ".join(caption)}</figcaption></figure>'
 
 
@@ -142,4 +154,7 @@ figure.real .verdict{color:#2e7d32}
 .path{flex-basis:100%;overflow-wrap:anywhere;color:#333}
 .size{color:#666}
 .error{flex-basis:100%;color:#8a6d00}
+.declared{flex-basis:100%;font-weight:600;color:#6a1b9a}
+figure[data-declared=capture] .declared{color:#1565c0}
+.provenance-error{flex-basis:100%;color:#8a6d00;font-size:.75rem}
 """.strip()

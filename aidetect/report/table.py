@@ -11,6 +11,7 @@ from rich.text import Text
 
 from aidetect.report.base import (
     ReportWriter,
+    declared_mark,
     score_text,
     size_text,
     split_results,
@@ -67,26 +68,41 @@ class TableWriter(ReportWriter):
 
     def _table(self) -> Table:
         ai, real, errors = split_results(self.results)
+        # The "declared" column (what the metadata says) only when provenance was read.
+        declared = any(r.provenance is not None for r in self.results)
         table = Table(show_edge=False, pad_edge=False, header_style="bold")
         table.add_column("verdict", no_wrap=True)
         table.add_column("score", justify="right", no_wrap=True)
+        if declared:
+            table.add_column("declared", no_wrap=True)
         table.add_column("path", overflow="fold")
         table.add_column("size", justify="right", no_wrap=True)
+
+        def row(verdict, score, path, size, result=None) -> None:
+            mark = [_mark(result)] if declared else []
+            table.add_row(verdict, score, *mark, path, size)
+
         for result in ai:
-            table.add_row(Text("AI-generated", style="bold red"), *_cells(result))
+            row(Text("AI-generated", style="bold red"), *_cells(result), result)
         for result in real[: self.max_real_rows]:
-            table.add_row(Text("real", style="green"), *_cells(result))
+            row(Text("real", style="green"), *_cells(result), result)
         if len(real) > self.max_real_rows:
             more = len(real) - self.max_real_rows
-            table.add_row("", "", Text(f"... {more} more real images", style="dim"), "")
+            row("", "", Text(f"... {more} more real images", style="dim"), "")
         for result in errors[: self.max_error_rows]:
             path = Text(terminal_safe(result.path))
             path.append("\n" + terminal_safe(result.error or ""), style="yellow")
-            table.add_row(Text("error", style="bold yellow"), "", path, size_text(result))
+            row(Text("error", style="bold yellow"), "", path, size_text(result), result)
         if len(errors) > self.max_error_rows:
             more = len(errors) - self.max_error_rows
-            table.add_row("", "", Text(f"... {more} more errors", style="dim"), "")
+            row("", "", Text(f"... {more} more errors", style="dim"), "")
         return table
+
+
+def _mark(result: ImageResult | None) -> Text:
+    mark = declared_mark(result) if result is not None else ""
+    style = {"AI": "bold magenta", "ca": "cyan"}.get(mark[:2], "yellow")
+    return Text(terminal_safe(mark), style=style)
 
 
 def _cells(result: ImageResult) -> tuple[str, Text, str]:
