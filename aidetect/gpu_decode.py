@@ -88,10 +88,13 @@ def decode_jpegs(files: list[JpegFile], device: torch.device) -> list[torch.Tens
 
     if not files:
         return []
-    try:
-        images = decode_jpeg([f.data for f in files], mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:
-        images = [_decode_one(f, device) for f in files]  # find the file(s) refused
+    with warnings.catch_warnings():
+        # torchvision 0.29 announces that TorchCodec will take over image decoding.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            images = decode_jpeg([f.data for f in files], mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            images = [_decode_one(f, device) for f in files]  # find the file(s) refused
     return [_checked(image, f) for image, f in zip(images, files, strict=True)]
 
 
