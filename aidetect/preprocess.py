@@ -19,6 +19,7 @@ in that order until the grid is full.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ def extract_patches(image: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 def luma(image: torch.Tensor) -> torch.Tensor:
     """(..., 3, H, W) in [0, 1] -> (..., H, W): 0.299 R + 0.587 G + 0.114 B."""
-    weights = torch.tensor(GRAY_WEIGHTS, dtype=image.dtype, device=image.device)
+    weights = _constant(GRAY_WEIGHTS, image)
     return torch.einsum("...chw,c->...hw", image, weights)
 
 
@@ -172,9 +173,24 @@ def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
 
 def normalize(image: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
     """(..., 3, H, W) in [0, 1] -> standardised with the config's mean and std."""
-    mean = torch.tensor(config.mean, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    std = torch.tensor(config.std, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    mean = _constant(config.mean, image).view(3, 1, 1)
+    std = _constant(config.std, image).view(3, 1, 1)
     return (image - mean) / std
+
+
+def _constant(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    """`values` as a tensor on `like`'s device and dtype. Made once per GPU: creating it from
+    a list is a copy the host waits for, which would stall the device pipeline every batch."""
+    if like.device.type == "cpu":
+        return torch.tensor(values, dtype=like.dtype)
+    return _device_constant(tuple(values), like.device, like.dtype)
+
+
+@lru_cache(maxsize=32)
+def _device_constant(values: tuple[float, ...], device: torch.device,
+                     dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode(False):  # an ordinary tensor, usable in training too
+        return torch.tensor(values, dtype=dtype).to(device)
 
 
 def preprocess_tensor(
@@ -210,15 +226,21 @@ def preprocess_batch(images: list[torch.Tensor], config: PreprocessConfig) -> to
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(images):
         by_shape.setdefault(tuple(image.shape), []).append(index)
-    first = images[0]
-    out = torch.empty(len(images), 3, config.size, config.size, device=first.device)
+    groups = []
     for indices in by_shape.values():
         stacked = torch.stack([images[i] for i in indices])
         if config.method == "patches":
-            tiled = select_patches_stacked(stacked, config)
+            groups.append(select_patches_stacked(stacked, config))
         else:
-            tiled = center_crop(stacked, config.size)
-        out[torch.tensor(indices, device=first.device)] = tiled
+            groups.append(center_crop(stacked, config.size))
+    if len(groups) == 1:
+        return normalize(groups[0], config)
+    # Rows back in the images' order, copied one by one: an index tensor made on the host
+    # would be a copy that waits for the device.
+    out = torch.empty(len(images), 3, config.size, config.size, device=images[0].device)
+    for indices, tiled in zip(by_shape.values(), groups, strict=True):
+        for row, index in enumerate(indices):
+            out[index].copy_(tiled[row])
     return normalize(out, config)
 
 
