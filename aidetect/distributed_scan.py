@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -135,7 +136,8 @@ def _exchange(collective, *args, **kwargs) -> None:
     try:
         collective(*args, **kwargs)
     except (RuntimeError, ConnectionError) as error:  # gloo: a peer closed its connection
-        reason = " ".join(str(error).split())[:160]
+        text = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(error).split()))  # gloo's [file:line]
+        reason = text.split(". ")[0][:160]
         raise ScanStopped(f"another process of the scan stopped ({reason})") from None
 
 

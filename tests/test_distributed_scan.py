@@ -124,3 +124,24 @@ def test_exchange_sizes_cover_the_largest_share():
     assert _exchange_sizes(1, 4) == [1]
     assert _exchange_sizes(8, 4) == [1, 64]
     assert sum(_exchange_sizes(1000, 3)) >= 334 > sum(_exchange_sizes(1000, 3)[:-1])
+
+
+def test_a_process_that_dies_ends_the_scan_with_a_partial_report(tmp_path, detector_dir):
+    folder = _folder(tmp_path)
+    for i in range(20):  # enough files that rank 1 dies well before the end
+        random_image(64, 64, seed=100 + i).save(folder / f"q{i:02d}.png")
+    report = tmp_path / "partial.json"
+    args = _scan_args(folder, detector_dir, report)[2:]  # without "-m aidetect"
+    script = Path(__file__).with_name("torchrun_dying_rank.py")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", str(script), *args],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode != 0
+    partial = json.loads(report.read_text())
+    jsonschema.validate(partial, report_schema())
+    assert partial["complete"] is False and partial["processes"] == 2
+    every = sorted(str(p) for p in folder.rglob("*") if p.is_file())
+    paths = [r["path"] for r in partial["results"]]
+    assert 0 < len(paths) < len(every)
+    assert paths == every[: len(paths)]  # a prefix of the single-process order
