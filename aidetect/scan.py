@@ -174,6 +174,10 @@ class Scanner:
             if threads < 1:
                 raise UsageError(f"--threads {threads}: must be at least 1")
             torch.set_num_threads(threads)
+        if device.type == "cuda" and device.index is not None:
+            # The current device: torchvision's nvJPEG makes the current device's stream wait
+            # for the decode, and under torchrun each process keeps off the others' GPUs.
+            torch.cuda.set_device(device)
         if detector.has_lora:
             detector.merge_lora()
         detector = detector.to(device).eval().requires_grad_(False)
@@ -257,6 +261,16 @@ class Scanner:
                        clock: _StageClock) -> torch.Tensor | None:
         """The device pipeline: decode the batch's JPEGs on the device (a file it refuses
         through the CPU path, alone), then preprocess every image of the batch at once."""
+        try:
+            return self._decode_and_preprocess(batch, dataset, clock)
+        except torch.OutOfMemoryError:
+            raise UsageError(
+                f"out of {self.device.type.upper()} memory decoding a batch of "
+                f"{len(batch.items)} images: pass a smaller --batch-size or --max-pixels"
+            ) from None
+
+    def _decode_and_preprocess(self, batch: _Batch, dataset: _FileDataset,
+                               clock: _StageClock) -> torch.Tensor | None:
         jpeg_items = [item for item in batch.items if item.jpeg is not None]
         with clock.stage("decode"):
             decoded = decode_jpegs([item.jpeg for item in jpeg_items], self.device)
