@@ -112,6 +112,12 @@ def awkward_folder(tmp_path: Path) -> Path:
     _save_jpeg(folder / "g_tiny.jpg", random_image(20, 40, seed=10))  # under one patch
     random_image(70, 50, seed=11).save(folder / "h.webp")
     (folder / "i_empty.jpg").write_bytes(b"")
+    (folder / "k_text.jpg").write_text("not an image")
+    (folder / "l_magic.jpg").write_bytes(b"\xff\xd8\xff" + bytes(range(256)) + b"\xff\xd9")
+    damaged = bytearray((folder / "a1.jpg").read_bytes())
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 64] = bytes(64)  # corrupt, not truncated
+    (folder / "m_damaged.jpg").write_bytes(bytes(damaged))
+    _save_jpeg(folder / "n_big.jpg", random_image(400, 300, seed=12))  # over --max-pixels
     for i in range(3):
         _save_jpeg(folder / f"j{i}.jpg", random_image(160, 120, seed=20 + i).convert("L"))
     return folder
@@ -124,13 +130,15 @@ def _fields(result):
 def test_device_pipeline_gives_the_cpu_pipelines_results(make_detector, awkward_folder):
     scanner = Scanner(make_detector(seed=4), device=CPU, threshold=0.5, precision="fp32")
     candidates = find_images([awkward_folder])
-    reference = list(scanner.scan(candidates, workers=0, batch_size=4, device_decode=False))
+    reference = list(scanner.scan(candidates, workers=0, batch_size=4, device_decode=False,
+                                  max_pixels=100_000))
     errors = {Path(r.path).name: r.error for r in reference if r.error}
-    assert set(errors) == {"b_truncated.jpg", "g_tiny.jpg", "i_empty.jpg"}
-    assert "truncated" in errors["b_truncated.jpg"]
+    assert {"b_truncated.jpg", "g_tiny.jpg", "i_empty.jpg", "k_text.jpg", "l_magic.jpg",
+            "n_big.jpg"} <= set(errors)
+    assert "truncated" in errors["b_truncated.jpg"] and "--max-pixels" in errors["n_big.jpg"]
     for batch_size, workers in [(1, 0), (4, 0), (64, 0), (3, 2)]:
         results = list(scanner.scan(candidates, workers=workers, batch_size=batch_size,
-                                    device_decode=True))
+                                    device_decode=True, max_pixels=100_000))
         assert [_fields(r) for r in results] == [_fields(r) for r in reference]
         for ours, theirs in zip(results, reference, strict=True):
             if theirs.ok:
