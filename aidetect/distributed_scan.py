@@ -70,7 +70,11 @@ class ScanGroup:
     def share(self, candidates: Sequence[Item]) -> list[Item]:
         """The lead's file list, on every process (so all scan the same list)."""
         box = [list(candidates) if self.lead else None]
-        _exchange(torch.distributed.broadcast_object_list, box, src=0)
+        try:
+            _exchange(torch.distributed.broadcast_object_list, box, src=0)
+        except ScanStopped:
+            raise AidetectError("the scan's processes could not share the file list (one "
+                                "stopped)", exit_code=EXIT_INCOMPLETE) from None
         return box[0]
 
     def shard(self, candidates: Sequence[Item]) -> list[Item]:
