@@ -36,7 +36,7 @@ _END_OF_IMAGE = b"\xff\xd9"
 class JpegFile:
     """A JPEG for the device: its bytes, and what its header said."""
 
-    data: torch.Tensor  # the file's bytes, uint8
+    data: torch.Tensor | None  # the file's bytes, uint8 (None while packed in its batch)
     orientation: int  # EXIF orientation, 1 (as stored) to 8
     mode: str  # "RGB" or "L"
     width: int  # as displayed (orientation applied)

@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -50,6 +50,7 @@ class _Decoded:
     result: ImageResult  # path and file facts filled; score fields left to the model
     pixels: torch.Tensor | None = None  # decoded (3, H, W) uint8, to preprocess on the device
     jpeg: JpegFile | None = None  # to decode on the device
+    has_pixels: bool = False  # pixels packed into the batch (`_collate`)
 
 
 # How a file becomes the model's input: "cpu" decodes and preprocesses in the worker; "device"
@@ -134,23 +135,55 @@ def _thumbnail(image) -> bytes:
 class _Batch:
     items: list[_Decoded]
     images: torch.Tensor | None  # (n, 3, S, S) for the items that decoded, in order (CPU)
+    # The device pipeline's inputs (JPEG bytes, decoded pixels), each kind in one flat tensor
+    # while the batch travels from the worker: one shared-memory segment (and file descriptor)
+    # per kind instead of one per file, and one pinned copy.
+    packed: dict[str, tuple[torch.Tensor, list[tuple[int, ...]]]] = field(default_factory=dict)
 
     def pin_memory(self) -> _Batch:
         if self.images is not None:
             self.images = self.images.pin_memory()
-        for item in self.items:  # the device pipeline's inputs, copied to the GPU from here
-            if item.pixels is not None:
-                item.pixels = item.pixels.pin_memory()
-            if item.jpeg is not None:
-                item.jpeg.data = item.jpeg.data.pin_memory()
+        self.packed = {kind: (flat.pin_memory(), shapes)
+                       for kind, (flat, shapes) in self.packed.items()}
         return self
+
+    def unpack(self) -> None:
+        """Give the items back their JPEG bytes and pixels (views of the flat tensors)."""
+        if "jpeg" in self.packed:
+            jpegs = [item.jpeg for item in self.items if item.jpeg is not None]
+            for jpeg, data in zip(jpegs, _unpack(*self.packed.pop("jpeg")), strict=True):
+                jpeg.data = data
+        if "pixels" in self.packed:
+            owners = [item for item in self.items if item.has_pixels]
+            for item, pixels in zip(owners, _unpack(*self.packed.pop("pixels")), strict=True):
+                item.pixels = pixels
 
 
 def _collate(items: list[_Decoded]) -> _Batch:
     tensors = [item.tensor for item in items if item.tensor is not None]
     for item in items:
         item.tensor = None  # stacked below; don't send it twice
-    return _Batch(items, torch.stack(tensors) if tensors else None)
+    batch = _Batch(items, torch.stack(tensors) if tensors else None)
+    jpegs = [item.jpeg for item in items if item.jpeg is not None]
+    if jpegs:
+        batch.packed["jpeg"] = _pack([jpeg.data for jpeg in jpegs])
+        for jpeg in jpegs:
+            jpeg.data = None
+    owners = [item for item in items if item.pixels is not None]
+    if owners:
+        batch.packed["pixels"] = _pack([item.pixels for item in owners])
+        for item in owners:
+            item.pixels, item.has_pixels = None, True
+    return batch
+
+
+def _pack(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+    return torch.cat([t.reshape(-1) for t in tensors]), [tuple(t.shape) for t in tensors]
+
+
+def _unpack(flat: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    sizes = [math.prod(shape) for shape in shapes]
+    return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True)]
 
 
 class Scanner:
@@ -271,6 +304,7 @@ class Scanner:
 
     def _decode_and_preprocess(self, batch: _Batch, dataset: _FileDataset,
                                clock: _StageClock) -> torch.Tensor | None:
+        batch.unpack()
         jpeg_items = [item for item in batch.items if item.jpeg is not None]
         with clock.stage("decode"):
             decoded = decode_jpegs([item.jpeg for item in jpeg_items], self.device)

@@ -195,3 +195,28 @@ def test_timings_account_for_every_stage(make_detector, awkward_folder):
     timings = scanner.timings
     assert timings.images == len(results)
     assert min(timings.decode, timings.preprocess, timings.model, timings.waiting) > 0
+
+
+def test_a_batch_travels_from_its_worker_as_one_tensor_per_kind(awkward_folder):
+    from aidetect.config import DGS_PREPROCESS
+    from aidetect.scan import _collate, read_file
+
+    candidates = find_images([awkward_folder])
+    items = [read_file(c, DGS_PREPROCESS, pipeline="device", max_pixels=None, thumbnails=False,
+                       index=i) for i, c in enumerate(candidates)]
+    expected = {item.index: (item.jpeg.data.clone() if item.jpeg else None,
+                             item.pixels.clone() if item.pixels is not None else None)
+                for item in items}
+    batch = _collate(items)
+    assert set(batch.packed) == {"jpeg", "pixels"}  # one flat tensor each, not one per file
+    assert all(item.pixels is None and (item.jpeg is None or item.jpeg.data is None)
+               for item in batch.items)
+    batch.unpack()
+    for item in batch.items:
+        jpeg, pixels = expected[item.index]
+        assert (jpeg is None) == (item.jpeg is None)
+        if jpeg is not None:
+            assert torch.equal(item.jpeg.data, jpeg)
+        assert (pixels is None) == (item.pixels is None)
+        if pixels is not None:
+            assert torch.equal(item.pixels, pixels)
