@@ -11,8 +11,19 @@ from aidetect.errors import UsageError
 
 def default_workers() -> int:
     """Decoding processes: enough to keep the model fed, leaving it most of the cores."""
+    return max(1, min(4, _cores() // 2))
+
+
+def default_device_workers() -> int:
+    """Decoding processes when the device decodes JPEGs and preprocesses: the workers only read
+    files and headers (and decode the other formats), so they take every core but the main
+    process's, up to 16."""
+    return max(1, min(16, _cores() - 1))
+
+
+def _cores() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(4, (cores or 1) // 2))
+    return cores or 1
 
 
 def resolve_device(name: str = "auto") -> torch.device:

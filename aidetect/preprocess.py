@@ -8,6 +8,9 @@ Tile order (fixed at inference, so a file always gets the same score): the 24 lo
 patches in ascending entropy, then the 25 highest in ascending entropy, filling the grid row by
 row; ties keep raster order. Training may shuffle the tiles instead.
 
+`preprocess_batch` does the same for many images at once (the GPU scan): same-sized images
+are stacked, and each row equals `preprocess_tensor` of its image.
+
 Small images: an image under one patch (32 px) in either side is an error. One with fewer
 patches than tiles (e.g. 160x96, 15 patches) uses all its patches in ascending entropy, repeated
 in that order until the grid is full.
@@ -16,6 +19,7 @@ in that order until the grid is full.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -43,13 +47,19 @@ def _as_unit_float(image: torch.Tensor) -> torch.Tensor:
 
 
 def _grid_shape(image: torch.Tensor, patch_size: int) -> tuple[int, int]:
-    _, height, width = image.shape
+    height, width = image.shape[-2:]
     rows, cols = height // patch_size, width // patch_size
     if rows == 0 or cols == 0:
         raise ImageError(
             f"image is {width}x{height} px; at least {patch_size}x{patch_size} px is needed"
         )
     return rows, cols
+
+
+def check_image_size(width: int, height: int, config: PreprocessConfig) -> None:
+    """Raise the `ImageError` that preprocessing would raise for an image of this size."""
+    if config.method == "patches":
+        _grid_shape(torch.empty(0, height, width), config.patch_size)
 
 
 def extract_patches(image: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -66,7 +76,7 @@ def extract_patches(image: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 def luma(image: torch.Tensor) -> torch.Tensor:
     """(..., 3, H, W) in [0, 1] -> (..., H, W): 0.299 R + 0.587 G + 0.114 B."""
-    weights = torch.tensor(GRAY_WEIGHTS, dtype=image.dtype, device=image.device)
+    weights = _constant(GRAY_WEIGHTS, image)
     return torch.einsum("...chw,c->...hw", image, weights)
 
 
@@ -93,13 +103,14 @@ def spectral_entropy(patches: torch.Tensor) -> torch.Tensor:
 
 
 def select_patch_indices(entropy: torch.Tensor, n_low: int, n_high: int) -> torch.Tensor:
-    """Indices of the kept patches in tile order (see the module docstring): (n_low + n_high,)."""
-    order = torch.sort(entropy, stable=True).indices  # ascending entropy, ties in raster order
-    total = n_low + n_high
-    if order.numel() >= total:
-        return torch.cat([order[:n_low], order[order.numel() - n_high :]])
-    repeats = -(-total // order.numel())  # ceil
-    return order.repeat(repeats)[:total]
+    """Indices of the kept patches in tile order (see the module docstring), over the last
+    dimension: (..., N) -> (..., n_low + n_high)."""
+    order = torch.sort(entropy, dim=-1, stable=True).indices  # ascending, ties in raster order
+    total, count = n_low + n_high, order.shape[-1]
+    if count >= total:
+        return torch.cat([order[..., :n_low], order[..., count - n_high :]], dim=-1)
+    repeats = -(-total // count)  # ceil
+    return order.repeat(*([1] * (order.dim() - 1)), repeats)[..., :total]
 
 
 def select_patches(
@@ -114,18 +125,40 @@ def select_patches(
     With `shuffle`, the kept tiles are put in random order (a training augmentation, drawn from
     `generator` or torch's global generator); without it, the tile order is fixed.
     """
-    p = config.patch_size
-    rows, cols = _grid_shape(image, p)
-    # Entropy needs only the luma; the colour patches are gathered for the 49 kept ones alone.
-    gray = luma(_as_unit_float(image[:, : rows * p, : cols * p]))  # (rows*p, cols*p)
-    gray_patches = gray.reshape(rows, p, cols, p).permute(0, 2, 1, 3).reshape(-1, p, p)
-    keep = select_patch_indices(luma_entropy(gray_patches), config.n_low, config.n_high)
+    keep = _kept_patches(image[None], config)[0]
     if shuffle:
         keep = keep[torch.randperm(keep.numel(), generator=generator).to(keep.device)]
-    tiles = _as_unit_float(extract_patches(image, p)[keep])  # (49, 3, p, p)
-    grid = config.size // p
-    tiles = tiles.reshape(grid, grid, 3, p, p).permute(2, 0, 3, 1, 4)  # (3, 7, p, 7, p)
-    return tiles.reshape(3, grid * p, grid * p)
+    return _tile(image[None], keep[None], config)[0]
+
+
+def select_patches_stacked(images: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """`select_patches` (fixed tile order) over images of one size: (G, 3, H, W) -> (G, 3, S, S),
+    with a handful of tensor operations for the whole stack."""
+    return _tile(images, _kept_patches(images, config), config)
+
+
+def _kept_patches(images: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """(G, 3, H, W) -> (G, n_low + n_high) raster indices of the kept patches, in tile order."""
+    p = config.patch_size
+    rows, cols = _grid_shape(images, p)
+    # Entropy needs only the luma; the colour patches are gathered for the 49 kept ones alone.
+    gray = luma(_as_unit_float(images[..., : rows * p, : cols * p]))  # (G, rows*p, cols*p)
+    count = images.shape[0]
+    gray_patches = gray.reshape(count, rows, p, cols, p).permute(0, 1, 3, 2, 4)
+    entropy = luma_entropy(gray_patches.reshape(-1, p, p)).reshape(count, rows * cols)
+    return select_patch_indices(entropy, config.n_low, config.n_high)
+
+
+def _tile(images: torch.Tensor, keep: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """The kept patches (G, 49) of (G, 3, H, W) tiled row by row: (G, 3, S, S) in [0, 1]."""
+    p, grid, count = config.patch_size, config.size // config.patch_size, images.shape[0]
+    rows, cols = _grid_shape(images, p)
+    cropped = images[..., : rows * p, : cols * p].reshape(count, 3, rows, p, cols, p)
+    patches = cropped.permute(0, 2, 4, 1, 3, 5).reshape(count, rows * cols, 3, p, p)
+    picked = torch.arange(count, device=images.device)[:, None]
+    tiles = _as_unit_float(patches[picked, keep])  # (G, 49, 3, p, p)
+    tiles = tiles.reshape(count, grid, grid, 3, p, p).permute(0, 3, 1, 4, 2, 5)
+    return tiles.reshape(count, 3, grid * p, grid * p)
 
 
 def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -140,9 +173,24 @@ def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
 
 def normalize(image: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
     """(..., 3, H, W) in [0, 1] -> standardised with the config's mean and std."""
-    mean = torch.tensor(config.mean, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    std = torch.tensor(config.std, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    mean = _constant(config.mean, image).view(3, 1, 1)
+    std = _constant(config.std, image).view(3, 1, 1)
     return (image - mean) / std
+
+
+def _constant(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    """`values` as a tensor on `like`'s device and dtype. Made once per GPU: creating it from
+    a list is a copy the host waits for, which would stall the device pipeline every batch."""
+    if like.device.type == "cpu":
+        return torch.tensor(values, dtype=like.dtype)
+    return _device_constant(tuple(values), like.device, like.dtype)
+
+
+@lru_cache(maxsize=32)
+def _device_constant(values: tuple[float, ...], device: torch.device,
+                     dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode(False):  # an ordinary tensor, usable in training too
+        return torch.tensor(values, dtype=dtype).to(device)
 
 
 def preprocess_tensor(
@@ -164,6 +212,36 @@ def preprocess_tensor(
     if train and torch.rand((), generator=generator) < 0.5:
         tiled = tiled.flip(-1)
     return normalize(tiled, config)
+
+
+def preprocess_batch(images: list[torch.Tensor], config: PreprocessConfig) -> torch.Tensor:
+    """Inference preprocessing of many images at once: [(3, H_i, W_i) uint8] -> (B, 3, S, S).
+
+    Row i is `preprocess_tensor(images[i], config)`. Images of the same size are stacked and
+    processed together, so a batch of same-sized photos costs a few tensor operations; the
+    result stays on the images' device. Sizes must have been checked (`check_image_size`).
+    """
+    if not images:
+        raise ValueError("preprocess_batch needs at least one image")
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        by_shape.setdefault(tuple(image.shape), []).append(index)
+    groups = []
+    for indices in by_shape.values():
+        stacked = torch.stack([images[i] for i in indices])
+        if config.method == "patches":
+            groups.append(select_patches_stacked(stacked, config))
+        else:
+            groups.append(center_crop(stacked, config.size))
+    if len(groups) == 1:
+        return normalize(groups[0], config)
+    # Rows back in the images' order, copied one by one: an index tensor made on the host
+    # would be a copy that waits for the device.
+    out = torch.empty(len(images), 3, config.size, config.size, device=images[0].device)
+    for indices, tiled in zip(by_shape.values(), groups, strict=True):
+        for row, index in enumerate(indices):
+            out[index].copy_(tiled[row])
+    return normalize(out, config)
 
 
 def build_transform(config: PreprocessConfig, *, train: bool = False) -> Callable:

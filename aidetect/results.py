@@ -136,6 +136,7 @@ class ScanInfo:
     complete: bool = True  # False when interrupted (Ctrl-C): the results are a prefix
     counts: Counts = field(default_factory=Counts)
     elapsed_seconds: float = 0.0
+    processes: int = 1  # that scanned, under torchrun (aidetect.distributed_scan)
 
     @property
     def images_per_second(self) -> float:
@@ -155,4 +156,5 @@ class ScanInfo:
             "counts": self.counts.to_dict(),
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "images_per_second": round(self.images_per_second, 3),
+            "processes": self.processes,
         }

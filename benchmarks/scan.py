@@ -1,24 +1,31 @@
-"""`aidetect scan` end to end against the bare forward pass of the same model, in one run.
+"""`aidetect scan` against the model-only ceiling of the same model, in one run, per preprocessing.
 
-- bare forward: the detector on already-preprocessed tensors, batch after batch, under
-  inference_mode: the ceiling a scan can reach.
+For each preprocessing (`patches`, DGS-Net's patch selection; `center_crop`, UnivFD's):
+- model-only ceiling: the detector as the scan prepares it (converted weights: bf16 on CUDA from
+  Ampere on) on already-preprocessed tensors on the device, batch after batch, one
+  synchronisation at the end: the most a scan can reach.
 - scan: the real command (`python -m aidetect scan DIR --format jsonl`) in a subprocess, its
-  stdout read line by line as results arrive: the start-up time to the first result, and the
-  steady-state rate (results after the first two batches, over the time they took).
-- where the time goes, per image: decoding (aidetect.data.open_image), preprocessing (patch
-  selection or centre crop), and the model's share of a batch.
-- provenance (aidetect.provenance: C2PA, XMP, EXIF, generator parameters): the scan with and
-  without it (`--no-provenance`), and its cost per image read alone; target: at most 5% of the
-  CPU scan's time.
-- on CUDA: the largest score difference between the bf16 (fp16 before Ampere) autocast the scan
-  uses and fp32.
+  stdout read line by line as results arrive: the steady-state rate (results after the first
+  two batches, over the time they took) and the start-up time to the first result.
+- in process: the time from the weights being loaded (Scanner ready) to the first result, and
+  where the scan's time goes (`Scanner.timings`: waiting for the decoding workers, decoding
+  and preprocessing on the device, the model).
+- scores: the largest |score - score of the CPU fp32 path| over the first --compare files (the
+  scan's pipeline and precision against Pillow decoding, CPU preprocessing and fp32).
+- with --provenance (aidetect.provenance: C2PA, XMP, EXIF, generator parameters): the scan with
+  and without it (`--no-provenance`), and its cost per image read alone; target: at most 5% of
+  the CPU scan's time.
 
-The detector has random weights (speed does not depend on them); the images are 1024x768
-JPEGs of smooth noise with some texture, so they compress like photographs, with EXIF and an
-XMP packet as a camera or an editor writes them (so that provenance has something to parse).
+On CUDA the scan runs the device pipeline (nvJPEG, batched preprocessing on the GPU). On the CPU
+the in-process figures run the same device pipeline on the CPU (a dry run of its logic), the
+subprocess runs the CPU pipeline. The detector has random weights (speed does not depend on
+them); the images are JPEGs of smooth noise with some texture, so they compress like photos,
+with EXIF and an XMP packet as a camera or an editor writes them (so that provenance has
+something to parse).
 
-    python benchmarks/scan.py                                   # CPU, ViT-B-16
-    python benchmarks/scan.py --device cuda --backbone ViT-L-14-quickgelu --images 512
+    python benchmarks/scan.py                                  # CPU dry run, ViT-B-16
+    python benchmarks/scan.py --device cuda --backbone ViT-L-14-quickgelu --images 2048 \\
+        --batch-size 64
 """
 
 from __future__ import annotations
@@ -61,24 +68,59 @@ XMP_PACKET = (
 )
 
 
-def bare_forward(detector, tensors, batch_size: int, device, repeats: int) -> float:
-    """Images/s of the model alone on preprocessed tensors (after one warm-up batch)."""
+def cpu_tensors(detector, paths: list[Path]):
+    """The CPU path's preprocessed inputs of `paths`: (n, 3, S, S)."""
     import torch
 
-    from aidetect.scan import Scanner
+    from aidetect.data import open_image
+    from aidetect.preprocess import preprocess_tensor, to_tensor
 
-    scanner = Scanner(detector, device=device, threshold=0.5)
-    batches = [tensors[i : i + batch_size] for i in range(0, len(tensors), batch_size)]
-    scanner.score_tensors(batches[0])  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    count = 0
-    for _ in range(repeats):
-        for batch in batches:
-            scanner.score_tensors(batch)
-            count += len(batch)
+    return torch.stack([preprocess_tensor(to_tensor(open_image(p).image),
+                                          detector.preprocess_config) for p in paths])
+
+
+def model_ceiling(scanner, tensors, batch_size: int, images: int) -> float:
+    """Images/s of the prepared model alone on preprocessed tensors already on the device."""
+    import torch
+
+    batch = tensors[torch.arange(batch_size) % len(tensors)].to(scanner.device)
+    model = scanner.detector
+    with torch.inference_mode():
+        model(batch)  # warm-up
+        model(batch)
+        synchronize(scanner.device)
+        count, start = 0, time.perf_counter()
+        while count < images:
+            model(batch).float()
+            count += batch_size
+        synchronize(scanner.device)
     return count / (time.perf_counter() - start)
+
+
+def compiled_ceiling(scanner, tensors, batch_size: int, images: int) -> tuple[float, float]:
+    """(seconds to compile and run the first batch, images/s) under torch.compile."""
+    import torch
+
+    batch = tensors[torch.arange(batch_size) % len(tensors)].to(scanner.device)
+    compiled = torch.compile(scanner.detector)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        compiled(batch)
+        synchronize(scanner.device)
+        compile_s = time.perf_counter() - start
+        count, start = 0, time.perf_counter()
+        while count < images:
+            compiled(batch).float()
+            count += batch_size
+        synchronize(scanner.device)
+    return compile_s, count / (time.perf_counter() - start)
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def scan_subprocess(folder: Path, weights: Path, *, device: str, batch_size: int,
@@ -102,48 +144,54 @@ def scan_subprocess(folder: Path, weights: Path, *, device: str, batch_size: int
         stamps.append(time.perf_counter() - start)
     if process.wait() != 0:
         raise RuntimeError(f"scan exited with {process.returncode}")
-    skip = min(2 * batch_size, len(stamps) // 2)  # the first batches include warm-up
-    steady = (len(stamps) - skip) / (stamps[-1] - stamps[skip - 1]) if skip else 0.0
-    return {"first_result_s": stamps[0], "total_s": stamps[-1], "steady_images_per_s": steady,
-            "images": len(stamps), "device": device_used}
+    return {"first_result_s": stamps[0], "total_s": stamps[-1],
+            "steady_images_per_s": steady_rate(stamps, batch_size), "images": len(stamps),
+            "device": device_used}
 
 
-def time_stages(detector, paths: list[Path], batch_size: int, device) -> dict:
-    """Seconds per image spent decoding, preprocessing and in the model (one process)."""
-    import torch
-
-    from aidetect.data import open_image
-    from aidetect.preprocess import preprocess_tensor, to_tensor
-    from aidetect.scan import Scanner
-
-    decode = preprocess = 0.0
-    tensors = []
-    for path in paths:
-        t0 = time.perf_counter()
-        image = open_image(path).image
-        t1 = time.perf_counter()
-        uint8 = to_tensor(image)
-        tensors.append(preprocess_tensor(uint8, detector.preprocess_config))
-        preprocess += time.perf_counter() - t1
-        decode += t1 - t0
-    batch = torch.stack(tensors)
-    scanner = Scanner(detector, device=device, threshold=0.5)
-    model = 1.0 / bare_forward_once(scanner, batch, batch_size, device)
-    n = len(paths)
-    return {"decode_ms": 1000 * decode / n, "preprocess_ms": 1000 * preprocess / n,
-            "model_ms": 1000 * model, "tensors": batch}
+def steady_rate(stamps: list[float], batch_size: int) -> float:
+    """Results after the first batches (warm-up: the batch of one, then up to two full ones)
+    over the time they took, counted from a batch's end (results arrive a batch at a time)."""
+    skip = 1 + 2 * batch_size if len(stamps) > 1 + 3 * batch_size else 1 + batch_size
+    if len(stamps) <= skip:
+        return 0.0
+    return (len(stamps) - skip) / (stamps[-1] - stamps[skip - 1])
 
 
-def bare_forward_once(scanner, batch, batch_size: int, device) -> float:
-    import torch
+def scan_in_process(scanner, paths: list[Path], *, batch_size: int, workers: int | None,
+                    device_decode: bool) -> dict:
+    """The scan from a loaded Scanner: time to the first result, stage timings, logits."""
+    from aidetect.data import Candidate
 
-    scanner.score_tensors(batch[:batch_size])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    candidates = [Candidate(str(p)) for p in paths]
     start = time.perf_counter()
-    for i in range(0, len(batch), batch_size):
-        scanner.score_tensors(batch[i : i + batch_size])
-    return len(batch) / (time.perf_counter() - start)
+    stamps, logits = [], []
+    for result in scanner.scan(candidates, batch_size=batch_size, workers=workers,
+                               device_decode=device_decode):
+        if result.error is not None:
+            raise RuntimeError(f"{result.path}: {result.error}")
+        stamps.append(time.perf_counter() - start)
+        logits.append(result.logit)
+    return {"first_result_s": stamps[0], "wall_s": stamps[-1], "timings": scanner.timings,
+            "steady_images_per_s": steady_rate(stamps, batch_size), "logits": logits}
+
+
+def largest_score_gap(logits, reference) -> float:
+    import torch
+
+    ours = torch.sigmoid(torch.tensor(logits, dtype=torch.float64))
+    theirs = torch.sigmoid(torch.tensor(reference, dtype=torch.float64))
+    return float((ours - theirs).abs().max())
+
+
+def machine(device) -> str:
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    host = f"{platform.machine()}, {cores} cores, torch {torch.__version__}"
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}; {host}"
+    return f"{host}, {torch.get_num_threads()} torch threads"
 
 
 def provenance_ms(paths: list[Path]) -> float:
@@ -157,28 +205,79 @@ def provenance_ms(paths: list[Path]) -> float:
     return 1000 * (time.perf_counter() - start) / len(paths)
 
 
-def precision_gap(detector, tensors, device, batch_size: int) -> float:
-    """Largest |score(autocast) - score(fp32)| over the images."""
+def provenance_cost(args, folder: Path, weights: Path, paths: list[Path]) -> None:
+    """The scan with and without provenance, interleaved; the best total of each (the least
+    disturbed by other load on the machine), and provenance's cost per image alone."""
+    totals: dict[str, list[float]] = {"with": [], "without": []}
+    steady = []
+    for mode in ("with", "without", "with", "without"):
+        run = scan_subprocess(folder, weights, device=args.device, batch_size=args.batch_size,
+                              workers=args.workers,
+                              extra=("--no-provenance",) if mode == "without" else ())
+        totals[mode].append(run["total_s"])
+        steady.append(run["steady_images_per_s"])
+    with_s, without_s = min(totals["with"]), min(totals["without"])
+    print(f"\nscan time with provenance {with_s:.1f} s, --no-provenance {without_s:.1f} s "
+          f"(best of 2 each, interleaved): ratio {with_s / without_s:.3f}  (target <= 1.05)")
+    share = provenance_ms(paths) * max(steady) / 1000
+    print(f"provenance alone: {provenance_ms(paths):.2f} ms per image = {100 * share:.1f}% of "
+          "the scan's steady-state time per image  (target <= 5%)")
+
+
+def run_one(method: str, args, device, folder: Path, paths: list[Path], tmp: Path) -> Path:
     import torch
 
+    from aidetect.config import DGS_PREPROCESS, UNIVFD_PREPROCESS
+    from aidetect.model import Detector
     from aidetect.scan import Scanner
 
-    scores = {}
-    for precision in ("auto", "fp32"):
-        scanner = Scanner(detector, device=device, threshold=0.5, precision=precision)
-        logits = torch.cat([scanner.score_tensors(tensors[i : i + batch_size])
-                            for i in range(0, len(tensors), batch_size)])
-        scores[precision] = torch.sigmoid(logits.double())
-    return float((scores["auto"] - scores["fp32"]).abs().max())
+    config = DGS_PREPROCESS if method == "patches" else UNIVFD_PREPROCESS
+    weights = tmp / f"detector-{method}"
+    torch.manual_seed(0)
+    Detector(backbone=args.backbone, pretrained=None,
+             preprocess=config.to_dict()).save_pretrained(weights)
 
+    def scanner(on, precision="auto"):
+        return Scanner(Detector.from_pretrained(weights), device=on, threshold=0.5,
+                       precision=precision)
 
-def machine(device) -> str:
-    import torch
+    gpu = scanner(device)
+    tensors = cpu_tensors(gpu.detector, paths[: min(32, len(paths))])
+    count = max(len(paths), 4 * args.batch_size)
+    ceiling = model_ceiling(gpu, tensors, args.batch_size, count)
+    compiled = compiled_ceiling(gpu, tensors, args.batch_size, count) if args.compile else None
+    inside = scan_in_process(gpu, paths, batch_size=args.batch_size, workers=args.workers,
+                             device_decode=True)
+    outside = scan_subprocess(folder, weights, device=args.device, batch_size=args.batch_size,
+                              workers=args.workers)
+    compare = paths[: args.compare]
+    reference = scan_in_process(scanner(torch.device("cpu"), "fp32"), compare,
+                                batch_size=args.batch_size, workers=args.workers,
+                                device_decode=False)
+    gap = largest_score_gap(inside["logits"][: len(compare)], reference["logits"])
 
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return (f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
-            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    t = inside["timings"]
+    wall = inside["wall_s"]
+    print(f"\n== {method} ({config.method}), scan device {outside['device']}")
+    print(f"model-only ceiling ({gpu.precision} weights): {ceiling:9.1f} images/s")
+    if compiled is not None:
+        print(f"  under torch.compile:                 {compiled[1]:9.1f} images/s "
+              f"(compile and first batch {compiled[0]:.1f} s)")
+    print(f"aidetect scan (subprocess):      {outside['steady_images_per_s']:9.1f} images/s "
+          f"steady state; ratio to the ceiling {outside['steady_images_per_s'] / ceiling:.3f} "
+          f"(target >= 0.9, and >= 2000 images/s on an H100/H200)")
+    print(f"  start-up to the first result {outside['first_result_s']:.2f} s "
+          f"({outside['images']} images in {outside['total_s']:.1f} s)")
+    print(f"device pipeline (in process):    {inside['steady_images_per_s']:9.1f} images/s "
+          f"steady state; first result {inside['first_result_s']:.2f} s after the weights "
+          "were loaded (target <= 3 s)")
+    print(f"  where the time goes ({t.images} images, {wall:.2f} s wall): "
+          + ", ".join(f"{name} {seconds:.2f} s ({1000 * seconds / t.images:.2f} ms/image)"
+                      for name, seconds in (("decode", t.decode), ("preprocess", t.preprocess),
+                                            ("model", t.model), ("waiting", t.waiting))))
+    print(f"max |score - score of the CPU fp32 path| over {len(compare)} files: {gap:.2e} "
+          "(bound 1e-2)")
+    return weights
 
 
 def main() -> None:
@@ -189,57 +288,31 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=None, help="default: the scan's own")
     parser.add_argument("--size", default="1024x768")
+    parser.add_argument("--preprocess", default="patches,center_crop")
+    parser.add_argument("--compare", type=int, default=16,
+                        help="files scored on the CPU in fp32 for the score gap")
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure the model-only ceiling under torch.compile")
+    parser.add_argument("--provenance", action="store_true",
+                        help="also measure what reading provenance costs the scan")
     args = parser.parse_args()
 
     import torch
 
-    from aidetect.model import Detector
-
     device = torch.device(args.device)
     width, height = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
-        folder, weights = Path(tmp) / "images", Path(tmp) / "detector"
+        folder = Path(tmp) / "images"
         folder.mkdir()
         make_images(folder, args.images, width, height)
-        torch.manual_seed(0)
-        Detector(backbone=args.backbone, pretrained=None).save_pretrained(weights)
-        detector = Detector.from_pretrained(weights)
-
         paths = sorted(folder.iterdir())
-        stages = time_stages(detector, paths[: min(32, len(paths))], args.batch_size, device)
-        tensors = stages.pop("tensors")
-        bare = bare_forward(detector, tensors, args.batch_size, device, repeats=3)
-        scan = scan_subprocess(folder, weights, device=args.device, batch_size=args.batch_size,
-                               workers=args.workers)
-        # With and without provenance, interleaved (the first with-run is `scan` above), the
-        # best total of each: the least disturbed by other load on the machine.
-        totals = {"with": [scan["total_s"]], "without": []}
-        for mode in ("without", "with", "without"):
-            run = scan_subprocess(folder, weights, device=args.device,
-                                  batch_size=args.batch_size, workers=args.workers,
-                                  extra=("--no-provenance",) if mode == "without" else ())
-            totals[mode].append(run["total_s"])
-        provenance = provenance_ms(paths)
-
         print(f"machine: {machine(device)}")
         print(f"model: {args.backbone} (random weights), {args.images} JPEGs {args.size}, "
-              f"batch {args.batch_size}, scan device {scan['device']}")
-        print(f"per image: decode {stages['decode_ms']:.1f} ms, preprocess "
-              f"{stages['preprocess_ms']:.1f} ms, model {stages['model_ms']:.1f} ms")
-        print(f"bare forward:      {bare:8.2f} images/s")
-        print(f"aidetect scan:     {scan['steady_images_per_s']:8.2f} images/s steady state "
-              f"({scan['images']} images in {scan['total_s']:.1f} s)")
-        print(f"ratio scan / bare: {scan['steady_images_per_s'] / bare:8.3f}  (target >= 0.9)")
-        print(f"start-up to first result: {scan['first_result_s']:.2f} s")
-        with_s, without_s = min(totals["with"]), min(totals["without"])
-        print(f"scan time with provenance {with_s:.1f} s, --no-provenance {without_s:.1f} s "
-              f"(best of 2 each, interleaved): ratio {with_s / without_s:.3f}  (target <= 1.05)")
-        share = provenance * scan["steady_images_per_s"] / 1000
-        print(f"provenance alone: {provenance:.2f} ms per image = {100 * share:.1f}% of the "
-              f"scan's steady-state time per image  (target <= 5%)")
-        if device.type == "cuda":
-            gap = precision_gap(detector, tensors, device, args.batch_size)
-            print(f"max |score autocast - score fp32|: {gap:.2e}  (must be < 1e-2)")
+              f"batch {args.batch_size}")
+        for method in args.preprocess.split(","):
+            weights = run_one(method.strip(), args, device, folder, paths, Path(tmp))
+        if args.provenance:
+            provenance_cost(args, folder, weights, paths)
 
 
 if __name__ == "__main__":

@@ -129,3 +129,17 @@ def test_transform_from_pil_and_config_validation():
         PreprocessConfig(n_low=20, n_high=20)
     round_trip = PreprocessConfig.from_dict(UNIVFD_PREPROCESS.to_dict())
     assert round_trip == UNIVFD_PREPROCESS
+
+
+def test_preprocess_batch_rows_equal_preprocess_tensor():
+    from aidetect.preprocess import check_image_size, preprocess_batch
+
+    sizes = [(320, 240), (100, 80), (320, 240), (64, 64), (160, 96), (33, 500), (320, 240)]
+    images = [to_tensor(random_image(w, h, seed=i)) for i, (w, h) in enumerate(sizes)]
+    for config in (DGS_PREPROCESS, UNIVFD_PREPROCESS):
+        batch = preprocess_batch(images, config)
+        expected = torch.stack([preprocess_tensor(image, config) for image in images])
+        assert torch.equal(batch, expected), config.method  # same arithmetic, row by row
+    with pytest.raises(ImageError, match="20x40 px"):
+        check_image_size(20, 40, DGS_PREPROCESS)
+    check_image_size(20, 40, UNIVFD_PREPROCESS)  # a centre crop pads

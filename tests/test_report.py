@@ -460,3 +460,15 @@ def test_summary_line_gives_counts_device_time_and_rate(results) -> None:
         "1 scanned: 0 AI-generated, 1 real, 1 error · cpu (2 threads) · 2 min 5 s"
         " · 0.02 images/s (incomplete)"
     )
+
+
+def test_the_number_of_processes_is_in_json_jsonl_and_the_html_header(results) -> None:
+    info = _info(results)
+    info.processes = 2
+    assert json.loads(_write("json", results, info))["processes"] == 2
+    last = _write("jsonl", results, info).splitlines()[-1]
+    assert json.loads(last)["summary"]["processes"] == 2
+    html_text = _write("html", results, info)
+    header = html_text[: html_text.index('<main class="results">')]
+    assert '<dt>processes</dt><dd class="processes">2</dd>' in header
+    assert _info(results).to_dict()["processes"] == 1

@@ -128,7 +128,8 @@ def test_non_finite_logits_become_errors(make_detector, tmp_path, monkeypatch):
     path = tmp_path / "a.png"
     random_image(64, 64).save(path)
     scanner = Scanner(make_detector(), device=CPU, threshold=0.5)
-    monkeypatch.setattr(scanner, "_logits", lambda images: [float("nan")] * len(images))
+    monkeypatch.setattr(scanner, "_forward",
+                        lambda images: torch.full((len(images),), float("nan")))
     [result] = scanner.scan([Candidate(str(path))], workers=0)
     assert result.score is None and "non-finite" in result.error
 

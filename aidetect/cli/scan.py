@@ -210,23 +210,34 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     from aidetect import __version__
     from aidetect.cli.console import err_console
     from aidetect.data import find_images
-    from aidetect.devices import resolve_device
+    from aidetect.devices import default_device_workers, default_workers, resolve_device
+    from aidetect.distributed_scan import join_scan_group
     from aidetect.errors import EXIT_AI_FOUND, EXIT_INCOMPLETE, EXIT_OK, AidetectError
     from aidetect.hub import load_detector
     from aidetect.report import needs_thumbnails, open_report, summary_line
     from aidetect.results import ModelInfo, ScanInfo
-    from aidetect.scan import Scanner
 
     # Cheap checks first (paths, device, report file), so a usage error never waits for the
     # weights.
-    candidates = find_images(paths, exclude=exclude, follow_symlinks=follow_symlinks)
+    group = join_scan_group()  # under torchrun: this process's share of one scan
+    candidates = (find_images(paths, exclude=exclude, follow_symlinks=follow_symlinks)
+                  if group is None or group.lead else [])  # the lead lists for everyone
     torch_device = resolve_device(device)
+    if group is not None:
+        candidates, torch_device = group.share(candidates), group.device(torch_device)
+        workers = group.workers(workers, default_device_workers() if torch_device.type
+                                == "cuda" else default_workers())
+        if not group.lead:  # scans its share for the lead, which writes the report
+            scanner = _scanner(load_detector(weights, device=str(torch_device)).detector,
+                               torch_device, threshold, precision, threads)
+            group.send(scanner.scan(group.shard(candidates), batch_size=batch_size,
+                                    workers=workers, max_pixels=max_pixels,
+                                    thumbnails=needs_thumbnails(fmt)), len(candidates))
+            return EXIT_OK
     with open_report(fmt, output=output, stdout=sys.stdout) as writer:
         loaded = load_detector(weights, device=str(torch_device))
         detector = loaded.detector
-        scanner = Scanner(detector, device=torch_device,
-                          threshold=detector.threshold if threshold is None else threshold,
-                          precision=precision, threads=threads)
+        scanner = _scanner(detector, torch_device, threshold, precision, threads)
         info = ScanInfo(
             tool_version=__version__,
             model=ModelInfo(reference=weights, source=loaded.source, sha256=loaded.sha256,
@@ -244,10 +255,14 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
         try:
             with _progress(len(candidates),
                            enabled=not quiet and err_console.is_terminal) as advance:
-                for result in scanner.scan(candidates, batch_size=batch_size, workers=workers,
-                                           max_pixels=max_pixels,
-                                           thumbnails=needs_thumbnails(fmt),
-                                           provenance=provenance):
+                results = scanner.scan(candidates if group is None else group.shard(candidates),
+                                       batch_size=batch_size, workers=workers,
+                                       max_pixels=max_pixels, thumbnails=needs_thumbnails(fmt),
+                                       provenance=provenance)
+                if group is not None:
+                    info.processes = group.size
+                    results = group.merged(results, len(candidates))
+                for result in results:
                     info.counts.add(result)
                     writer.add(result)
                     advance()
@@ -277,6 +292,13 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     if info.counts.errors or info.counts.total == 0:
         return EXIT_INCOMPLETE
     return EXIT_OK
+
+
+def _scanner(detector, device, threshold: float | None, precision: str, threads: int | None):
+    from aidetect.scan import Scanner
+
+    return Scanner(detector, device=device, precision=precision, threads=threads,
+                   threshold=detector.threshold if threshold is None else threshold)
 
 
 def _scan_failure(error: BaseException) -> BaseException:

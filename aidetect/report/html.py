@@ -109,6 +109,7 @@ def _info_list(head: dict[str, Any]) -> str:
         ("preprocess", model["preprocess"]),
         ("threshold", head["threshold"]),
         ("device", head["device"]),
+        ("processes", head["processes"]),
         ("started", head["started"]),
         ("finished", head["finished"]),
         ("complete", "yes" if head["complete"] else "no (interrupted)"),
