@@ -232,7 +232,8 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
                                torch_device, threshold, precision, threads)
             group.send(scanner.scan(group.shard(candidates), batch_size=batch_size,
                                     workers=workers, max_pixels=max_pixels,
-                                    thumbnails=needs_thumbnails(fmt)), len(candidates))
+                                    thumbnails=needs_thumbnails(fmt), provenance=provenance),
+                       len(candidates))
             return EXIT_OK
     with open_report(fmt, output=output, stdout=sys.stdout) as writer:
         loaded = load_detector(weights, device=str(torch_device))
