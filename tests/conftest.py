@@ -40,6 +40,14 @@ def offline_hub(tmp_path_factory: pytest.TempPathFactory):
             os.environ[key] = value
 
 
+@pytest.fixture(autouse=True)
+def score_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own, empty score cache (never the user's): AIDETECT_CACHE."""
+    folder = tmp_path / "score-cache"
+    monkeypatch.setenv("AIDETECT_CACHE", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The name of a tiny open_clip architecture, registered through `add_model_config`."""

@@ -269,7 +269,9 @@ def test_a_failure_mid_scan_keeps_the_partial_report(capsys, photos, detector_di
         raise RuntimeError("DataLoader worker (pid 123) is killed by signal: Segmentation fault.")
 
     monkeypatch.setattr(Scanner, "scan", worker_killed)
-    code, _, err = scan(capsys, str(photos), "-w", str(detector_dir), "-o", str(output))
+    # --no-cache: the first scan's scores would be reused, and the scanner see other files.
+    code, _, err = scan(capsys, str(photos), "-w", str(detector_dir), "-o", str(output),
+                        "--no-cache")
     assert code == 3 and "a decoding worker stopped" in err and "--workers 0" in err
     assert len(output.read_text().splitlines()) == 2
 

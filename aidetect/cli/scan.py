@@ -15,7 +15,9 @@ import typer
 from aidetect.cli.app import app, interruptions
 from aidetect.cli.options import (
     BatchSizeOption,
+    CacheOption,
     DeviceOption,
+    NoCacheOption,
     OutputOption,
     QuietOption,
     WeightsOption,
@@ -39,6 +41,8 @@ Examples:
   aidetect scan ./photos --weights ./my-detector --device cuda --threshold 0.7
 
   aidetect scan ./photos --fail-on-ai             # exit 1 if any image is AI-generated
+
+  aidetect scan ./photos --no-cache               # score every file again, keep nothing
 
 Exit codes: 0 every file scanned; 1 --fail-on-ai and an image judged AI-generated; 2 usage
 error (bad option, missing path, unavailable device); 3 incomplete (some files could not be
@@ -115,6 +119,8 @@ def scan_command(
                                 "CPUs with bf16 units, fp16 on older GPUs and Apple GPUs, fp32 "
                                 "elsewhere. int8: CPU only, never chosen by auto.")
     ] = Precision.auto,
+    cache: CacheOption = None,
+    no_cache: NoCacheOption = False,
 ) -> None:
     """Score images: the probability that each was made by a generative model."""
     from aidetect.errors import UsageError
@@ -128,6 +134,7 @@ def scan_command(
             workers=workers, threads=threads, threshold=threshold, fmt=fmt, output=output,
             fail_on_ai=fail_on_ai, quiet=quiet, exclude=exclude or [],
             follow_symlinks=follow_symlinks, max_pixels=max_pixels, precision=precision.value,
+            cache=cache, no_cache=no_cache,
         )
     raise typer.Exit(code)
 
@@ -159,8 +166,10 @@ def _expand_stdin(paths: list[str]) -> list[str]:
 def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
              workers: int | None, threads: int | None, threshold: float | None, fmt: str,
              output: str | None, fail_on_ai: bool, quiet: bool, exclude: list[str],
-             follow_symlinks: bool, max_pixels: int, precision: str) -> int:
-    """Find, load, scan, report; returns the exit code."""
+             follow_symlinks: bool, max_pixels: int, precision: str, cache: str | None = None,
+             no_cache: bool = False) -> int:
+    """Find, hash and look up, load (for what the cache lacks), scan, report; returns the exit
+    code."""
     from datetime import datetime, timezone
 
     from rich.markup import escape
@@ -168,43 +177,46 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     from aidetect import __version__
     from aidetect.cli.console import err_console
     from aidetect.data import find_images
-    from aidetect.devices import resolve_device
     from aidetect.errors import EXIT_AI_FOUND, EXIT_INCOMPLETE, EXIT_OK, AidetectError
-    from aidetect.hub import load_detector
+    from aidetect.incremental import open_session
     from aidetect.report import needs_thumbnails, open_report, summary_line
-    from aidetect.results import ModelInfo, ScanInfo
-    from aidetect.scan import Scanner
+    from aidetect.results import ScanInfo
 
     # Cheap checks first (paths, device, report file), so a usage error never waits for the
     # weights.
     candidates = find_images(paths, exclude=exclude, follow_symlinks=follow_symlinks)
-    torch_device = resolve_device(device)
-    with open_report(fmt, output=output, stdout=sys.stdout) as writer:
-        loaded = load_detector(weights, device=str(torch_device))
-        detector = loaded.detector
-        scanner = Scanner(detector, device=torch_device,
-                          threshold=detector.threshold if threshold is None else threshold,
-                          precision=precision, threads=threads)
-        info = ScanInfo(
-            tool_version=__version__,
-            model=ModelInfo(reference=weights, source=loaded.source, sha256=loaded.sha256,
-                            revision=loaded.revision, backbone=detector.backbone,
-                            preprocess=detector.preprocess_config.method),
-            device=scanner.description,
-            threshold=scanner.threshold,
-            started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
+    session = open_session(weights=weights, device=device, precision=precision, cache=cache,
+                           enabled=not no_cache)
+    with session, open_report(fmt, output=output, stdout=sys.stdout) as writer:
+        shown = _warn(session.warnings, quiet=quiet)
+        plan = session.plan(candidates)  # hash, look up: the model loads for the misses only
+        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if plan.misses or session.facts is None:
+            scanner, info = _load_scanner(session, plan, weights=weights, device=device,
+                                          threshold=threshold, precision=precision,
+                                          threads=threads)
+            info.started = started_at
+        else:
+            scanner = None
+            info = ScanInfo(tool_version=__version__, model=session.facts.model_info(),
+                            device=session.cached_device(), started=started_at,
+                            threshold=session.facts.threshold if threshold is None
+                            else threshold)
         if not candidates and not quiet:
             err_console.print(f"[yellow]warning:[/] no images found under "
                               f"{escape(', '.join(paths))}", soft_wrap=True)
-        started = time.perf_counter()
+        started = time.perf_counter() - plan.seconds
         failure: BaseException | None = None
         try:
             with _progress(len(candidates),
                            enabled=not quiet and err_console.is_terminal) as advance:
-                for result in scanner.scan(candidates, batch_size=batch_size, workers=workers,
-                                           max_pixels=max_pixels,
-                                           thumbnails=needs_thumbnails(fmt)):
+                for result in plan.results(
+                    lambda misses: scanner.scan(misses, batch_size=batch_size, workers=workers,
+                                                max_pixels=max_pixels,
+                                                thumbnails=needs_thumbnails(fmt)),
+                    threshold=info.threshold, thumbnails=needs_thumbnails(fmt),
+                    max_pixels=max_pixels,
+                ):
                     info.counts.add(result)
                     writer.add(result)
                     advance()
@@ -217,6 +229,7 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
         info.elapsed_seconds = time.perf_counter() - started
         info.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         writer.finish(info)
+        _warn(session.warnings[shown:], quiet=quiet)  # stores that failed on the way
     if failure is not None:
         if output is not None and not quiet:
             err_console.print(f"partial report written to {output}", soft_wrap=True,
@@ -224,6 +237,9 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
         raise failure
     if not quiet and (fmt != "table" or output is not None):
         err_console.print(summary_line(info), soft_wrap=True, markup=False)
+    if not quiet and session.key is not None and candidates:
+        err_console.print(f"score cache: {plan.hits} of {len(candidates)} files reused, "
+                          f"{len(plan.misses)} scored", soft_wrap=True, markup=False)
     if output is not None and not quiet:
         err_console.print(f"report written to {output}", soft_wrap=True, markup=False)
     if not info.complete:
@@ -233,6 +249,45 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     if info.counts.errors or info.counts.total == 0:
         return EXIT_INCOMPLETE
     return EXIT_OK
+
+
+def _load_scanner(session, plan, *, weights: str, device: str, threshold: float | None,
+                  precision: str, threads: int | None):
+    """Load the detector for the misses: (the Scanner, the report header without `started`)."""
+    from aidetect import __version__
+    from aidetect.devices import resolve_device
+    from aidetect.hub import load_detector
+    from aidetect.results import ModelInfo, ScanInfo
+    from aidetect.scan import Scanner
+
+    torch_device = session.device if session.device is not None else resolve_device(device)
+    loaded = load_detector(weights, device=str(torch_device))
+    detector = loaded.detector
+    scanner = Scanner(detector, device=torch_device,
+                      threshold=detector.threshold if threshold is None else threshold,
+                      precision=precision, threads=threads)
+    session.confirm(plan, sha256=loaded.sha256, preprocess=detector.preprocess_config,
+                    device_type=torch_device.type, precision=scanner.precision)
+    info = ScanInfo(
+        tool_version=__version__,
+        model=ModelInfo(reference=weights, source=loaded.source, sha256=loaded.sha256,
+                        revision=loaded.revision, backbone=detector.backbone,
+                        preprocess=detector.preprocess_config.method),
+        device=scanner.description,
+        threshold=scanner.threshold,
+        started="",
+    )
+    return scanner, info
+
+
+def _warn(warnings: list[str], *, quiet: bool) -> int:
+    """Print the score cache's warnings (one line each) unless quiet; returns how many."""
+    from aidetect.cli.console import err_console
+
+    for warning in warnings if not quiet else ():
+        err_console.print(f"warning: {warning}", soft_wrap=True, markup=False,
+                          style="yellow")
+    return len(warnings)
 
 
 def _scan_failure(error: BaseException) -> BaseException:
