@@ -19,8 +19,9 @@ Safe under real use: WAL journal and a busy timeout, so that scans can run at on
 is a small transaction, so a scan killed at any moment leaves a consistent database (SQLite's
 atomic commit) holding all it had committed. A file that is not this cache's database (damaged,
 or another program's) is renamed aside and a new one made; one written by a newer aidetect
-(a higher schema) is left alone and not used; a folder that cannot be written is read when
-SQLite can read it, and otherwise the scan goes without a cache. The cache never raises on its
+(a higher schema) is left alone and not used; a database that cannot be written is read
+where SQLite can (a WAL database needs its -shm file, so a read-only folder usually cannot), and
+otherwise the scan goes without a cache. The cache never raises on its
 own account and never prints: what a user should know is appended to `warnings`.
 
 Size: at most `max_entries` scores and as many file hashes (MAX_ENTRIES: about 250 MB at most);
@@ -208,7 +209,7 @@ class ScoreCache:
         """
         found: list[FileDigest | OSError | None] = [None] * len(paths)
         touched: list[tuple[int, int]] = []
-        now = int(time.time())
+        now = _now()
         for i, path in enumerate(paths):
             try:
                 stamp = stamp_of(os.stat(path))
@@ -245,7 +246,7 @@ class ScoreCache:
             return {}
         found: dict[str, CachedScore] = {}
         touched = []
-        now = int(time.time())
+        now = _now()
         for sha in dict.fromkeys(digests):
             row = self._query("SELECT score, logit, format, mode, width, height, last_used "
                               "FROM scores WHERE sha256 = ? AND key_id = ?",
@@ -267,7 +268,7 @@ class ScoreCache:
         key_id = self._key_id(key, description)
         if key_id is None:
             return
-        now = int(time.time())
+        now = _now()
         rows = [(bytes.fromhex(sha), key_id, s.score, s.logit, s.format, s.mode, s.width,
                  s.height, now) for sha, s in entries]
         if self._write([("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -370,6 +371,11 @@ class ScoreCache:
             self.warnings.append(message)
 
 
+def _now() -> int:
+    """Unix seconds, the unit of last-use times (a function, so that tests can move time)."""
+    return int(time.time())
+
+
 def _hash_or_error(path: str) -> FileDigest | OSError:
     try:
         return hash_file(path)
@@ -400,7 +406,9 @@ def _connect(path: Path, warnings: list[str]) -> tuple[sqlite3.Connection | None
             try:
                 connection = _open_checked(path, writable=False)
             except (sqlite3.Error, _Foreign, _Newer):
-                warnings.append(f"score cache {path} cannot be opened ({error}): scanning "
+                # A read-only folder lands here too: SQLite reads a WAL database only where it
+                # can make the -shm file beside it.
+                warnings.append(f"score cache {path} cannot be written ({error}): scanning "
                                 "without it")
                 return None, False
             warnings.append(f"score cache {path} is read-only ({error}): cached scores are "

@@ -6,7 +6,8 @@ Besides the file's content, a score depends on:
 - the preprocessing (`PreprocessConfig`; eval adds its perturbations as `extra`);
 - the computation: device kind and precision, e.g. "cpu/bf16" (`compute_kind`, which asks
   `aidetect.precision.choose_precision`): a CPU score is not reused for a GPU scan;
-- the aidetect version, since decoding and preprocessing code may change between releases.
+- the versions of aidetect (decoding and preprocessing code), torch and open_clip (kernels,
+  and the weights an open_clip tag names): an upgrade scores again once.
 The threshold is not part of it: the label is recomputed from the score.
 
 `read_model_facts` reads the same files `aidetect.hub.load_detector` reads (config and weights
@@ -163,6 +164,7 @@ def score_key(facts: ModelFacts, compute: str, *, extra: dict[str, Any] | None =
     config = {k: v for k, v in facts.config.items() if k not in ("threshold", "aidetect_version")}
     description = json.dumps({
         "aidetect": __version__,
+        "libraries": _library_versions(),
         "weights_sha256": facts.sha256,
         "config": config,
         "preprocess": facts.preprocess.to_dict(),
@@ -170,3 +172,16 @@ def score_key(facts: ModelFacts, compute: str, *, extra: dict[str, Any] | None =
         "extra": extra or {},
     }, sort_keys=True, separators=(",", ":"), default=str)
     return ScoreKey(hashlib.sha256(description.encode()).hexdigest(), description)
+
+
+def _library_versions() -> dict[str, str]:
+    """The installed versions of the libraries a score depends on, read without importing."""
+    from importlib import metadata
+
+    versions = {}
+    for name in ("torch", "open_clip_torch"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
