@@ -9,6 +9,8 @@ function that scores the misses (the `Scanner`) and yields one result per candid
 candidates' order: cached ones as stored (the label recomputed from the threshold), the others
 as scored, and a copy of the first for identical files. New scores are stored as they arrive,
 committed every STORE_EVERY results; one whose file changed after it was hashed is not stored.
+Errors are never stored; `settle_errors` finds the misses that cannot be decoded before any
+model loads, so that a broken file alone does not make a rescan load the model.
 
 With the cache off (`--no-cache`), files are still hashed (each result's `sha256`) and
 identical files still scored once; nothing is looked up or stored.
@@ -31,6 +33,7 @@ STORE_EVERY = 64  # results per transaction: a killed scan loses at most these
 HASH_THREADS = 4  # hashing overlaps reading; hashlib releases the GIL
 
 Scorer = Callable[[list[Candidate]], Iterable[ImageResult]]
+_OUT_OF_MEMORY = "out of memory while decoding (try a lower --max-pixels)"  # as aidetect.scan
 
 
 class ScorePlan:
@@ -49,6 +52,7 @@ class ScorePlan:
         for i, digest in zip(readable, hashed, strict=True):
             self.digests[i] = digest if isinstance(digest, FileDigest) else None
         self.cached: dict[str, CachedScore] = {}
+        self.known_errors: dict[str, str] = {}  # path -> error, found without the model
         self.lookup(key)
         self.seconds = time.perf_counter() - started  # hashing and looking up
 
@@ -60,7 +64,7 @@ class ScorePlan:
         self.misses: list[Candidate] = []
         seen: set[str] = set()
         for candidate, digest in zip(self.candidates, self.digests, strict=True):
-            if candidate.error is not None:
+            if candidate.error is not None or candidate.path in self.known_errors:
                 continue
             if digest is None:  # unreadable: the scanner says why
                 self.misses.append(candidate)
@@ -68,6 +72,24 @@ class ScorePlan:
                 seen.add(digest.sha256)
                 self.misses.append(candidate)
         self.hits = sum(d is not None and d.sha256 in self.cached for d in self.digests)
+
+    def settle_errors(self, *, max_pixels: int | None) -> None:
+        """Decode the misses, in order, until one decodes; those before it that cannot be
+        decoded get their error now, without a model. So a rescan of a library with a broken
+        file (errors are never cached) loads no model when everything else hits."""
+        from aidetect.data import open_image
+        from aidetect.errors import ImageError
+
+        for candidate in list(self.misses):
+            try:
+                open_image(candidate.path, max_pixels=max_pixels)
+            except ImageError as error:
+                self.known_errors[candidate.path] = error.message
+            except MemoryError:
+                self.known_errors[candidate.path] = _OUT_OF_MEMORY
+            else:
+                break  # the model is needed: the scanner decodes the rest
+            self.misses.remove(candidate)
 
     def results(self, score: Scorer, *, threshold: float, thumbnails: bool = False,
                 max_pixels: int | None = None) -> Iterator[ImageResult]:
@@ -86,6 +108,11 @@ class ScorePlan:
                                          thumbnails=thumbnails, max_pixels=max_pixels)
                 elif sha in scored:
                     result = dataclasses.replace(scored[sha], path=candidate.path)
+                elif candidate.path in self.known_errors:
+                    result = ImageResult(path=candidate.path, sha256=sha,
+                                         error=self.known_errors[candidate.path])
+                    if sha is not None:
+                        scored[sha] = result
                 else:
                     result = _take(pending, arrived, candidate.path)
                     result.sha256 = sha

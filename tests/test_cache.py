@@ -4,7 +4,6 @@ stat fast path, each key part, damaged/foreign/newer/read-only databases, the si
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -175,36 +174,6 @@ def test_a_newer_schema_is_left_alone(tmp_path) -> None:
     with sqlite3.connect(folder / DATABASE_NAME) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 99
         assert db.execute("SELECT count(*) FROM scores").fetchone()[0] == 1
-
-
-@pytest.fixture
-def make_read_only():
-    """Make a folder (and its files) unwritable: chmod, and for root `chattr +i`; skips where
-    neither stops this process from writing."""
-    locked: list[Path] = []
-
-    def lock(folder: Path) -> None:
-        paths = [*folder.iterdir(), folder]
-        for path in paths:
-            path.chmod(0o555 if path.is_dir() else 0o444)
-        if os.access(folder, os.W_OK):  # root: permissions do not stop it
-            if shutil.which("chattr") is None:
-                pytest.skip("cannot make a read-only folder as root without chattr")
-            for path in paths:
-                if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
-                    pytest.skip("chattr +i is not permitted here")
-                locked.append(path)
-        try:
-            (folder / "probe").write_bytes(b"")
-        except OSError:
-            return
-        pytest.skip("could not make a read-only folder")
-
-    yield lock
-    for path in locked:
-        subprocess.run(["chattr", "-i", str(path)], check=False)
-    for path in locked:
-        path.chmod(0o755)
 
 
 def test_a_read_only_folder_is_read_with_a_warning(tmp_path, make_read_only) -> None:

@@ -190,6 +190,8 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     with session, open_report(fmt, output=output, stdout=sys.stdout) as writer:
         shown = _warn(session.warnings, quiet=quiet)
         plan = session.plan(candidates)  # hash, look up: the model loads for the misses only
+        if session.facts is not None:
+            plan.settle_errors(max_pixels=max_pixels)  # broken files need no model
         started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if plan.misses or session.facts is None:
             scanner, info = _load_scanner(session, plan, weights=weights, device=device,
