@@ -136,12 +136,14 @@ class ScoreSession:
     """The cache, the weights' facts and the score key of one scan (see the module doc)."""
 
     def __init__(self, cache: ScoreCache, *, facts: ModelFacts | None = None,
-                 compute: str | None = None, device: Any = None) -> None:
+                 compute: str | None = None, device: Any = None,
+                 extra: dict[str, Any] | None = None) -> None:
         self.cache = cache
         self.facts = facts
         self.compute = compute  # e.g. "cpu/bf16"
         self.device = device  # the torch device where it was resolved already, else None
-        self.key = score_key(facts, compute) if facts and compute else None
+        self.extra = extra
+        self.key = score_key(facts, compute, extra=extra) if facts and compute else None
 
     @property
     def warnings(self) -> list[str]:
@@ -167,7 +169,8 @@ class ScoreSession:
                                "started; run it again")
         compute = f"{device_type}/{precision}"
         if compute != self.compute:
-            self.compute, self.key = compute, score_key(self.facts, compute)
+            self.compute = compute
+            self.key = score_key(self.facts, compute, extra=self.extra)
             plan.lookup(self.key)
 
     def cached_device(self) -> str:
@@ -186,12 +189,18 @@ class ScoreSession:
 
 
 def open_session(*, weights: str, device: str, precision: str, cache: str | None,
-                 enabled: bool = True) -> ScoreSession:
+                 enabled: bool = True, extra: dict[str, Any] | None = None) -> ScoreSession:
     """A session for scoring with `weights` on `device` at `precision`.
+
+    `eval` can use it as `scan` does: `plan` its files, score `plan.misses`, read the others'
+    scores from `plan.cached` (by `plan.digests[i].sha256`), and `cache.store` the new ones
+    under `session.key`. Its own decoding and perturbations go in `extra` (e.g.
+    {"pipeline": "eval", "jpeg_quality": 75}), so that its scores never mix with a scan's.
 
     Args:
         cache: the cache folder (None: `aidetect.cache.cache_folder()`'s default).
         enabled: False for --no-cache: hashes only, and the device is resolved at once.
+        extra: anything else that changes a score, made part of the key.
 
     Raises:
         UsageError: an unavailable device; WeightsError: as `load_detector` would.
@@ -207,7 +216,7 @@ def open_session(*, weights: str, device: str, precision: str, cache: str | None
     except BaseException:
         store.close()
         raise
-    return ScoreSession(store, facts=facts, compute=compute, device=resolved)
+    return ScoreSession(store, facts=facts, compute=compute, device=resolved, extra=extra)
 
 
 def _sha256(cache: ScoreCache, path: os.PathLike | str) -> str | None:

@@ -539,3 +539,15 @@ def test_no_cache_and_the_cache_commands(capsys, tmp_path, detector_dir, score_c
     code, out = cache("clear")
     assert code == 0 and "cleared 3 scores" in out
     assert json.loads(cache("info", "--json")[1])["scores"] == 0
+
+
+def test_cached_results_keep_their_html_thumbnails(capsys, tmp_path, detector_dir):
+    folder = small_folder(tmp_path / "few")
+    pages = []
+    for name in ("first.html", "second.html"):
+        code, _, err = scan(capsys, str(folder), "-w", str(detector_dir), "-o",
+                            str(tmp_path / name))
+        pages.append((tmp_path / name).read_text())
+    assert code == 0 and "3 of 3 files reused" in err
+    assert pages[0].count("data:image/jpeg;base64,") == 3
+    assert pages[1].count("data:image/jpeg;base64,") == 3

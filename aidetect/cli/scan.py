@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from enum import Enum
 from typing import Annotated
 
@@ -209,16 +209,16 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
                               f"{escape(', '.join(paths))}", soft_wrap=True)
         started = time.perf_counter() - plan.seconds
         failure: BaseException | None = None
+        results = plan.results(
+            lambda misses: scanner.scan(misses, batch_size=batch_size, workers=workers,
+                                        max_pixels=max_pixels, thumbnails=needs_thumbnails(fmt)),
+            threshold=info.threshold, thumbnails=needs_thumbnails(fmt), max_pixels=max_pixels,
+        )
         try:
             with _progress(len(candidates),
-                           enabled=not quiet and err_console.is_terminal) as advance:
-                for result in plan.results(
-                    lambda misses: scanner.scan(misses, batch_size=batch_size, workers=workers,
-                                                max_pixels=max_pixels,
-                                                thumbnails=needs_thumbnails(fmt)),
-                    threshold=info.threshold, thumbnails=needs_thumbnails(fmt),
-                    max_pixels=max_pixels,
-                ):
+                           enabled=not quiet and err_console.is_terminal) as advance, \
+                    closing(results):  # on any exit, the scores so far are stored
+                for result in results:
                     info.counts.add(result)
                     writer.add(result)
                     advance()
