@@ -272,14 +272,15 @@ def test_compute_kind_without_torch_on_cpu(monkeypatch) -> None:
     assert compute_kind("cpu", "int8") == ("cpu/int8", None)
 
 
-def test_model_facts_match_what_loading_reports(detector_dir, hub_cache) -> None:
+def test_model_facts_match_what_loading_reports(detector_dir, hub_cache, tmp_path) -> None:
     from conftest import write_hub_cache
 
-    from aidetect.hub import file_sha256, load_detector
+    from aidetect.hub import file_sha256, load_detector, save_single_file
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     write_hub_cache(hub_cache, "owner/name", detector_dir, commit=commit)
-    for reference in (str(detector_dir), "hf://owner/name"):
+    single = save_single_file(load_detector(str(detector_dir)).detector, tmp_path / "d.safetensors")
+    for reference in (str(detector_dir), "hf://owner/name", str(single)):
         found = read_model_facts(reference, sha256_of=file_sha256)
         loaded = load_detector(reference)
         assert (found.source, found.sha256, found.revision) == (
