@@ -17,12 +17,10 @@ was read.
 
 Safe under real use: WAL journal and a busy timeout, so that scans can run at once; every write
 is a small transaction, so a scan killed at any moment leaves a consistent database (SQLite's
-atomic commit) holding all it had committed. A file that is not this cache's database (damaged,
-or another program's) is renamed aside and a new one made; one written by a newer aidetect
-(a higher schema) is left alone and not used; a database that cannot be written is read
-where SQLite can (a WAL database needs its -shm file, so a read-only folder usually cannot), and
-otherwise the scan goes without a cache. The cache never raises on its
-own account and never prints: what a user should know is appended to `warnings`.
+atomic commit) holding all it had committed. A damaged, foreign, newer or unwritable database
+file is dealt with by `aidetect.cache_file`; damage found later sets the file aside and turns
+the cache off for the rest of the run. The cache never raises on its own account and never
+prints: what a user should know is appended to `warnings`.
 
 Size: at most `max_entries` scores and as many file hashes (MAX_ENTRIES: about 250 MB at most);
 past that, the least recently used are deleted down to 90% of it.
@@ -38,41 +36,15 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
-DATABASE_NAME = "scores.sqlite3"
-SCHEMA_VERSION = 1  # of the tables below; a newer database is not used
-APPLICATION_ID = 0x41494443  # "AIDC" in the SQLite header: tells our database from others
+from aidetect.cache_file import DATABASE_NAME, connect, database_files, set_aside
+
+__all__ = ["DATABASE_NAME", "CachedScore", "CacheInfo", "FileDigest", "ScoreCache", "cache_folder",
+           "hash_file", "stamp_of"]
+
 MAX_ENTRIES = 1_000_000  # scores kept (and as many file hashes); least recently used go first
 RACY_SECONDS = 2.0  # a file changed this recently is re-hashed next time (coarse clocks)
-BUSY_TIMEOUT_SECONDS = 30.0  # waiting for another scan's write; ours are milliseconds long
 _TOUCH_SECONDS = 3600  # last-use times are refreshed at most hourly: LRU needs no finer
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS score_keys (
-    id INTEGER PRIMARY KEY,
-    key TEXT NOT NULL UNIQUE,  -- hex sha256 of the key's description
-    description TEXT NOT NULL  -- JSON: weights, preprocessing, device kind and precision
-);
-CREATE TABLE IF NOT EXISTS scores (
-    sha256 BLOB NOT NULL,  -- of the file's content
-    key_id INTEGER NOT NULL,
-    score REAL NOT NULL, logit REAL NOT NULL,
-    format TEXT, mode TEXT, width INTEGER, height INTEGER,
-    last_used INTEGER NOT NULL,  -- unix seconds
-    PRIMARY KEY (sha256, key_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS scores_by_use ON scores (last_used);
-CREATE TABLE IF NOT EXISTS files (
-    dev INTEGER NOT NULL, ino INTEGER NOT NULL,
-    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
-    sha256 BLOB NOT NULL,
-    last_used INTEGER NOT NULL,
-    PRIMARY KEY (dev, ino)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS files_by_use ON files (last_used);
-"""
-_TABLES = {"score_keys", "scores", "files"}
 
 Stamp = tuple[int, int, int, int, int]  # (dev, ino, size, mtime_ns, ctime_ns)
 
@@ -174,7 +146,7 @@ class ScoreCache:
             warnings.append(f"cannot create the score cache folder {folder} "
                             f"({_reason(error)}): scanning without the cache")
         else:
-            connection, writable = _connect(path, warnings)
+            connection, writable = connect(path, warnings)
         return cls(path, connection, writable=writable, max_entries=max_entries,
                    racy_seconds=racy_seconds, warnings=warnings)
 
@@ -296,7 +268,7 @@ class ScoreCache:
             return row[0][0] if row else 0
 
         uses = self._query("SELECT min(last_used), max(last_used) FROM scores") or [(None, None)]
-        size = sum(os.path.getsize(p) for p in _database_files(self.path) if os.path.exists(p))
+        size = sum(os.path.getsize(p) for p in database_files(self.path) if os.path.exists(p))
         return CacheInfo(str(self.path), size, count("SELECT count(*) FROM scores"),
                          count("SELECT count(*) FROM files"),
                          count("SELECT count(*) FROM score_keys"), self.max_entries, *uses[0])
@@ -360,7 +332,7 @@ class ScoreCache:
             # SQLITE_CORRUPT or SQLITE_NOTADB, found only now (a damaged page deep inside).
             self._db.close()
             self._db = None
-            moved = _set_aside(self.path)
+            moved = set_aside(self.path)
             self._warn_once(f"score cache {self.path} is damaged ({error}); set aside as "
                             f"{moved.name if moved else '(could not move it)'}; a new one "
                             "starts with the next scan")
@@ -381,131 +353,6 @@ def _hash_or_error(path: str) -> FileDigest | OSError:
         return hash_file(path)
     except OSError as error:
         return error
-
-
-def _connect(path: Path, warnings: list[str]) -> tuple[sqlite3.Connection | None, bool]:
-    """Open (making or rebuilding as needed) the database at `path`: (connection, writable)."""
-    for attempt in range(2):
-        try:
-            connection = _open_checked(path, writable=True)
-            return connection, True
-        except _Foreign as foreign:
-            if attempt == 0:
-                moved = _set_aside(path)
-                warnings.append(f"score cache {path} {foreign.reason}; set aside as "
-                                f"{moved.name if moved else '(could not move it)'} and rebuilt")
-                if moved is not None:
-                    continue
-            break
-        except _Newer as newer:
-            warnings.append(f"score cache {path} was written by a newer aidetect (schema "
-                            f"{newer.version}; this one reads {SCHEMA_VERSION}): scanning "
-                            "without it (upgrade aidetect, or pass --cache DIR)")
-            return None, False
-        except sqlite3.Error as error:  # a read-only folder or file, a lock held too long
-            try:
-                connection = _open_checked(path, writable=False)
-            except (sqlite3.Error, _Foreign, _Newer):
-                # A read-only folder lands here too: SQLite reads a WAL database only where it
-                # can make the -shm file beside it.
-                warnings.append(f"score cache {path} cannot be written ({error}): scanning "
-                                "without it")
-                return None, False
-            warnings.append(f"score cache {path} is read-only ({error}): cached scores are "
-                            "used, new ones are not kept")
-            return connection, False
-    warnings.append(f"score cache {path} cannot be rebuilt: scanning without it")
-    return None, False
-
-
-class _Foreign(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _Newer(Exception):
-    def __init__(self, version: int) -> None:
-        super().__init__(version)
-        self.version = version
-
-
-def _open_checked(path: Path, *, writable: bool) -> sqlite3.Connection:
-    """Connect; check the header says ours (or empty: then make the tables). Raises
-    `_Foreign`, `_Newer`, or sqlite3.Error (could not open or write)."""
-    if not writable and not path.exists():
-        raise sqlite3.OperationalError("no database yet")
-    uri = f"file:{quote(str(path))}?mode={'rwc' if writable else 'ro'}"
-    db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-    try:
-        try:
-            application_id, version, tables = _header(db)
-        except sqlite3.DatabaseError as error:
-            if type(error) is not sqlite3.DatabaseError:
-                raise  # could not open or read (OperationalError): not a damaged file
-            raise _Foreign(f"is damaged ({error})") from None  # not a database, malformed
-        if tables and application_id != APPLICATION_ID:
-            raise _Foreign("belongs to another program")
-        if application_id == APPLICATION_ID and version > SCHEMA_VERSION:
-            raise _Newer(version)
-        if writable:
-            db.execute("PRAGMA journal_mode = WAL")  # readers and a writer at once
-            db.execute("PRAGMA synchronous = NORMAL")  # WAL: a kill loses nothing committed
-            if not _TABLES <= tables or version != SCHEMA_VERSION:
-                _create(db)
-        elif not _TABLES <= tables:
-            raise sqlite3.OperationalError("no tables")
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _create(db: sqlite3.Connection) -> None:
-    """Make the tables in one transaction (a second process waits, then finds them made).
-    Statement by statement: executescript would commit first."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
-def _header(db: sqlite3.Connection) -> tuple[int, int, set[str]]:
-    application_id = db.execute("PRAGMA application_id").fetchone()[0]
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    return application_id, version, tables
-
-
-def _database_files(path: Path) -> list[str]:
-    return [str(path), f"{path}-wal", f"{path}-shm"]
-
-
-def _set_aside(path: Path) -> Path | None:
-    """Rename the database (and its WAL) to `<name>.bad-<time>-<pid>`; None if it could not."""
-    target = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-    try:
-        os.replace(path, target)
-    except OSError:
-        return None
-    for suffix in ("-wal", "-shm"):
-        try:
-            if suffix == "-wal":
-                os.replace(f"{path}{suffix}", f"{target}{suffix}")
-            else:
-                os.unlink(f"{path}{suffix}")
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return target
-    return target
 
 
 def _reason(error: OSError) -> str:
