@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -51,6 +52,8 @@ class ScorePlan:
         self.digests: list[FileDigest | None] = [None] * len(self.candidates)
         for i, digest in zip(readable, hashed, strict=True):
             self.digests[i] = digest if isinstance(digest, FileDigest) else None
+        counts = Counter(d.sha256 for d in self.digests if d is not None)
+        self.repeated = {sha for sha, count in counts.items() if count > 1}  # identical files
         self.cached: dict[str, CachedScore] = {}
         self.known_errors: dict[str, str] = {}  # path -> error, found without the model
         self.lookup(key)
@@ -96,7 +99,7 @@ class ScorePlan:
         """One result per candidate, in order; `score` is called once, with the misses."""
         pending = iter(score(self.misses)) if self.misses else iter(())
         arrived: dict[str, ImageResult] = {}
-        scored: dict[str, ImageResult] = {}  # by sha256: identical files after the first
+        scored: dict[str, ImageResult] = {}  # by sha256, for the identical files to come
         batch: list[tuple[str, CachedScore]] = []
         try:
             for candidate, digest in zip(self.candidates, self.digests, strict=True):
@@ -111,15 +114,15 @@ class ScorePlan:
                 elif candidate.path in self.known_errors:
                     result = ImageResult(path=candidate.path, sha256=sha,
                                          error=self.known_errors[candidate.path])
-                    if sha is not None:
+                    if sha in self.repeated:
                         scored[sha] = result
                 else:
                     result = _take(pending, arrived, candidate.path)
                     result.sha256 = sha
-                    if sha is not None:
+                    if sha in self.repeated:
                         scored[sha] = result
-                        if result.ok and _unchanged(candidate.path, digest):
-                            batch.append((sha, _to_cache(result)))
+                    if sha is not None and result.ok and _unchanged(candidate.path, digest):
+                        batch.append((sha, _to_cache(result)))
                     if len(batch) >= STORE_EVERY:
                         self._store(batch)
                         batch = []
