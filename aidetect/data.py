@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import io
 import os
 import stat
 import struct
@@ -105,13 +106,28 @@ def open_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         Image.MAX_IMAGE_PIXELS = saved_limit
 
 
+def pixel_limit_error(width: int, height: int, limit: int | None) -> str | None:
+    """Why an image of this size is refused under --max-pixels `limit`, or None."""
+    pixels = width * height
+    if not limit or pixels <= limit:
+        return None
+    return (f"{width}x{height} = {pixels:,} pixels, over the limit of {limit:,} "
+            "(a possible decompression bomb; raise it with --max-pixels)")
+
+
+def jpeg_thumbnail(image: Image.Image, side: int = 256) -> bytes:
+    """A JPEG of `image` whose longer side is at most `side` px (the HTML report's)."""
+    small = image.copy()
+    small.thumbnail((side, side))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
+
+
 def _decode(image: Image.Image, limit: int | None) -> DecodedImage:
-    pixels = image.width * image.height
-    if limit is not None and pixels > limit:
-        raise ImageError(
-            f"{image.width}x{image.height} = {pixels:,} pixels, over the limit of {limit:,} "
-            "(a possible decompression bomb; raise it with --max-pixels)"
-        )
+    refused = pixel_limit_error(image.width, image.height, limit)
+    if refused is not None:
+        raise ImageError(refused)
     file_format = image.format or "unknown"
     file_mode = image.mode
     image.load()  # the first frame; raises on truncated or corrupt data

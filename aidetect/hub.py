@@ -220,7 +220,7 @@ def read_single_file_config(path: str | Path) -> dict[str, Any]:
     """The detector config stored in a single `.safetensors` file's metadata."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
+    with safe_open(str(path), framework="numpy") as handle:  # metadata only: no torch
         metadata = handle.metadata() or {}
     if SINGLE_FILE_CONFIG_KEY not in metadata:
         raise WeightsError(

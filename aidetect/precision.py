@@ -18,13 +18,28 @@ import platform
 import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from aidetect.errors import UsageError
 
+if TYPE_CHECKING:
+    import torch
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _dtypes() -> dict[str, torch.dtype]:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def __getattr__(name: str) -> Any:
+    # DTYPES needs torch: made on first use, so that choosing a CPU precision (which the score
+    # cache does before it knows whether a model must load) never imports torch.
+    if name == "DTYPES":
+        return _dtypes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -82,13 +97,14 @@ def _sysctl(name: str) -> str:
     return run.stdout.strip()
 
 
-def choose_precision(device: torch.device, requested: str = "auto", *,
+def choose_precision(device: torch.device | str, requested: str = "auto", *,
                      cpu: CpuFeatures | None = None,
                      cuda_capability: tuple[int, int] | None = None) -> str:
     """The concrete precision ("fp32", "bf16", "fp16" or "int8") for `requested` on `device`.
 
     Args:
-        device: where the model runs.
+        device: where the model runs (a device name such as "cpu" also does; only a CUDA
+            device without `cuda_capability` imports torch).
         requested: one of PRECISIONS.
         cpu: the CPU's features (default: this machine's); tests pass fakes.
         cuda_capability: the GPU's compute capability (default: asked from torch).
@@ -98,7 +114,7 @@ def choose_precision(device: torch.device, requested: str = "auto", *,
     """
     if requested not in PRECISIONS:
         raise UsageError(f"--precision {requested}: use one of {', '.join(PRECISIONS)}")
-    kind = device.type
+    kind = device.split(":")[0] if isinstance(device, str) else device.type
     if requested == "int8" and kind != "cpu":
         raise UsageError(f"--precision int8 runs on the CPU only, not on {kind}")
     if requested == "fp16" and kind == "cpu":
@@ -106,7 +122,11 @@ def choose_precision(device: torch.device, requested: str = "auto", *,
     if requested != "auto":
         return requested
     if kind == "cuda":
-        major, _ = cuda_capability or torch.cuda.get_device_capability(device)
+        if cuda_capability is None:
+            import torch
+
+            cuda_capability = torch.cuda.get_device_capability(device)
+        major, _ = cuda_capability
         # `is_bf16_supported` also says yes to the slow emulated bf16 of older GPUs.
         return "bf16" if major >= 8 else "fp16"
     if kind == "mps":
@@ -121,12 +141,14 @@ def prepare_for_inference(detector, precision: str):
     quantization of the tower's Linear layers (weights int8, activations quantized per batch);
     the attention's fused q/k/v projection stays fp32. Merge LoRA before calling this.
     """
+    import torch
+
     if precision == "int8":
         from torch.ao.quantization import quantize_dynamic
 
         detector.visual = quantize_dynamic(detector.visual, {torch.nn.Linear}, dtype=torch.qint8)
     elif precision in ("bf16", "fp16"):
-        detector.visual.to(DTYPES[precision])
+        detector.visual.to(_dtypes()[precision])
     elif precision != "fp32":
         raise ValueError(f"unknown precision {precision!r}")
     detector.head.float()

@@ -30,6 +30,8 @@ class ImageResult:
     width: int | None = None
     height: int | None = None
     error: str | None = None  # one line naming the problem; None when scored
+    sha256: str | None = None  # of the file's content, hex; None when it could not be read
+    cached: bool = False  # the score came from the score cache (aidetect.cache)
     thumbnail: bytes | None = field(default=None, repr=False)  # JPEG, for the HTML report only
     provenance: Provenance | None = None  # what the file declares; None when not read
 
@@ -58,6 +60,8 @@ class ImageResult:
             "width": self.width,
             "height": self.height,
             "error": self.error,
+            "sha256": self.sha256,
+            "cached": self.cached,
             "provenance": self.provenance.to_dict() if self.provenance is not None else None,
         }
 

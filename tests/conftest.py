@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,14 @@ def offline_hub(tmp_path_factory: pytest.TempPathFactory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def score_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own, empty score cache (never the user's): AIDETECT_CACHE."""
+    folder = tmp_path / "score-cache"
+    monkeypatch.setenv("AIDETECT_CACHE", str(folder))
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -208,3 +218,35 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     return calls
+
+
+@pytest.fixture
+def make_read_only():
+    """Make a folder (and its files) unwritable: chmod, and for root `chattr +i`; skips where
+    neither stops this process from writing."""
+    locked: list[Path] = []
+    changed: list[Path] = []
+
+    def lock(folder: Path) -> None:
+        paths = [*folder.iterdir(), folder]
+        for path in paths:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+            changed.append(path)
+        if os.access(folder, os.W_OK):  # root: permissions do not stop it
+            if shutil.which("chattr") is None:
+                pytest.skip("cannot make a read-only folder as root without chattr")
+            for path in paths:
+                if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+                    pytest.skip("chattr +i is not permitted here")
+                locked.append(path)
+        try:
+            (folder / "probe").write_bytes(b"")
+        except OSError:
+            return
+        pytest.skip("could not make a read-only folder")
+
+    yield lock
+    for path in locked:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+    for path in changed:
+        path.chmod(0o755)

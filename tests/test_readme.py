@@ -58,6 +58,8 @@ def test_readme_command_parses(line):
     command = _click_command(words[1])
     # Placeholders such as [--private] and [@revision] are shown optional; drop the brackets.
     args = [w.strip("[]") for w in words[2:] if w not in ("...",)]
+    if hasattr(command, "commands"):  # a command group: `aidetect cache info`
+        command, args = command.commands[args[0]], args[1:]
     context = command.make_context(words[1], args, resilient_parsing=False)
     assert context.params  # parsed: every option exists and every value has the right type
 

@@ -37,3 +37,12 @@ OutputOption = Annotated[
         "--output", "-o", help="Write the report to this file (atomically) instead of stdout."
     ),
 ]
+CacheOption = Annotated[
+    str | None,
+    typer.Option("--cache", show_default="$AIDETECT_CACHE, else $XDG_CACHE_HOME/aidetect, else "
+                 "~/.cache/aidetect",
+                 help="The score cache folder: unchanged files are not scored again."),
+]
+NoCacheOption = Annotated[
+    bool, typer.Option("--no-cache", help="Neither read nor write the score cache.")
+]

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,7 +15,9 @@ import typer
 from aidetect.cli.app import app, interruptions
 from aidetect.cli.options import (
     BatchSizeOption,
+    CacheOption,
     DeviceOption,
+    NoCacheOption,
     OutputOption,
     QuietOption,
     WeightsOption,
@@ -46,6 +48,8 @@ Examples:
   aidetect scan ./photos --fail-on-declared-ai   # exit 1 if a file declares AI
 
   aidetect scan ./photos --trust-anchors roots.pem   # trusted C2PA signers
+
+  aidetect scan ./photos --no-cache               # score every file again, keep nothing
 
 Exit codes: 0 every file scanned; 1 --fail-on-ai and an image judged AI-generated (or
 --fail-on-declared-ai and a file whose metadata declares it); 2 usage
@@ -138,6 +142,8 @@ def scan_command(
                                 "CPUs with bf16 units, fp16 on older GPUs and Apple GPUs, fp32 "
                                 "elsewhere. int8: CPU only, never chosen by auto.")
     ] = Precision.auto,
+    cache: CacheOption = None,
+    no_cache: NoCacheOption = False,
 ) -> None:
     """Score images: the probability that each was made by a generative model."""
     from aidetect.errors import UsageError
@@ -153,6 +159,7 @@ def scan_command(
             fail_on_ai=fail_on_ai, quiet=quiet, exclude=exclude or [],
             follow_symlinks=follow_symlinks, max_pixels=max_pixels, precision=precision.value,
             provenance=provenance, fail_on_declared_ai=fail_on_declared_ai,
+            cache=cache, no_cache=no_cache,
         )
     raise typer.Exit(code)
 
@@ -201,8 +208,11 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
              output: str | None, fail_on_ai: bool, quiet: bool, exclude: list[str],
              follow_symlinks: bool, max_pixels: int, precision: str,
              provenance: ProvenanceSettings | None = None,
-             fail_on_declared_ai: bool = False) -> int:
-    """Find, load, scan, report; returns the exit code."""
+             fail_on_declared_ai: bool = False, cache: str | None = None,
+             no_cache: bool = False) -> int:
+    """Find, hash and look up, load (for what the cache lacks), scan, report; returns the exit
+    code. Under torchrun the lead (rank 0) does all of it but share the scoring of the misses,
+    and writes the report; the other processes score their share (`_follow_lead`)."""
     from datetime import datetime, timezone
 
     from rich.markup import escape
@@ -210,59 +220,63 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     from aidetect import __version__
     from aidetect.cli.console import err_console
     from aidetect.data import find_images
-    from aidetect.devices import default_device_workers, default_workers, resolve_device
     from aidetect.distributed_scan import join_scan_group
     from aidetect.errors import EXIT_AI_FOUND, EXIT_INCOMPLETE, EXIT_OK, AidetectError
-    from aidetect.hub import load_detector
+    from aidetect.incremental import open_session
     from aidetect.report import needs_thumbnails, open_report, summary_line
-    from aidetect.results import ModelInfo, ScanInfo
+    from aidetect.results import ScanInfo
 
     # Cheap checks first (paths, device, report file), so a usage error never waits for the
     # weights.
     group = join_scan_group()  # under torchrun: this process's share of one scan
-    candidates = (find_images(paths, exclude=exclude, follow_symlinks=follow_symlinks)
-                  if group is None or group.lead else [])  # the lead lists for everyone
-    torch_device = resolve_device(device)
-    if group is not None:
-        candidates, torch_device = group.share(candidates), group.device(torch_device)
-        workers = group.workers(workers, default_device_workers() if torch_device.type
-                                == "cuda" else default_workers())
-        if not group.lead:  # scans its share for the lead, which writes the report
-            scanner = _scanner(load_detector(weights, device=str(torch_device)).detector,
-                               torch_device, threshold, precision, threads)
-            group.send(scanner.scan(group.shard(candidates), batch_size=batch_size,
-                                    workers=workers, max_pixels=max_pixels,
-                                    thumbnails=needs_thumbnails(fmt), provenance=provenance),
-                       len(candidates))
-            return EXIT_OK
-    with open_report(fmt, output=output, stdout=sys.stdout) as writer:
-        loaded = load_detector(weights, device=str(torch_device))
-        detector = loaded.detector
-        scanner = _scanner(detector, torch_device, threshold, precision, threads)
-        info = ScanInfo(
-            tool_version=__version__,
-            model=ModelInfo(reference=weights, source=loaded.source, sha256=loaded.sha256,
-                            revision=loaded.revision, backbone=detector.backbone,
-                            preprocess=detector.preprocess_config.method),
-            device=scanner.description,
-            threshold=scanner.threshold,
-            started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
+    if group is not None and not group.lead:
+        return _follow_lead(group, weights=weights, device=device, threshold=threshold,
+                            precision=precision, threads=threads, batch_size=batch_size,
+                            workers=workers, max_pixels=max_pixels, provenance=provenance,
+                            thumbnails=needs_thumbnails(fmt))
+    candidates = find_images(paths, exclude=exclude, follow_symlinks=follow_symlinks)
+    session = open_session(weights=weights, device=device, precision=precision, cache=cache,
+                           enabled=not no_cache)
+    with session, open_report(fmt, output=output, stdout=sys.stdout) as writer:
+        shown = _warn(session.warnings, quiet=quiet)
+        plan = session.plan(candidates)  # hash, look up: the model loads for the misses only
+        if session.facts is not None:
+            plan.settle_errors(max_pixels=max_pixels)  # broken files need no model
+        if group is not None:
+            group.share(plan.misses)  # what the other processes score a share of
+        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if plan.misses or session.facts is None:
+            scanner, info = _load_scanner(session, plan, weights=weights, device=device,
+                                          threshold=threshold, precision=precision,
+                                          threads=threads, group=group)
+            info.started = started_at
+        else:
+            scanner = None
+            info = ScanInfo(tool_version=__version__, model=session.facts.model_info(),
+                            device=session.cached_device(), started=started_at,
+                            threshold=session.facts.threshold if threshold is None
+                            else threshold)
+        if group is not None:
+            info.processes = group.size
+            workers = group.workers(workers, _default_workers(scanner))
         if not candidates and not quiet:
             err_console.print(f"[yellow]warning:[/] no images found under "
                               f"{escape(', '.join(paths))}", soft_wrap=True)
-        started = time.perf_counter()
+        started = time.perf_counter() - plan.seconds
         failure: BaseException | None = None
+
+        def score(misses):
+            own = scanner.scan(misses if group is None else group.shard(misses),
+                               batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                               thumbnails=needs_thumbnails(fmt), provenance=provenance)
+            return own if group is None else group.merged(own, len(misses))
+
+        results = plan.results(score, threshold=info.threshold, thumbnails=needs_thumbnails(fmt),
+                               max_pixels=max_pixels, provenance=provenance)
         try:
             with _progress(len(candidates),
-                           enabled=not quiet and err_console.is_terminal) as advance:
-                results = scanner.scan(candidates if group is None else group.shard(candidates),
-                                       batch_size=batch_size, workers=workers,
-                                       max_pixels=max_pixels, thumbnails=needs_thumbnails(fmt),
-                                       provenance=provenance)
-                if group is not None:
-                    info.processes = group.size
-                    results = group.merged(results, len(candidates))
+                           enabled=not quiet and err_console.is_terminal) as advance, \
+                    closing(results):  # on any exit, the scores so far are stored
                 for result in results:
                     info.counts.add(result)
                     writer.add(result)
@@ -276,6 +290,7 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
         info.elapsed_seconds = time.perf_counter() - started
         info.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         writer.finish(info)
+        _warn(session.warnings[shown:], quiet=quiet)  # stores that failed on the way
     if failure is not None:
         if output is not None and not quiet:
             err_console.print(f"partial report written to {output}", soft_wrap=True,
@@ -283,6 +298,9 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
         raise failure
     if not quiet and (fmt != "table" or output is not None):
         err_console.print(summary_line(info), soft_wrap=True, markup=False)
+    if not quiet and session.key is not None and candidates:
+        err_console.print(f"score cache: {plan.hits} of {len(candidates)} files reused, "
+                          f"{len(plan.misses)} scored", soft_wrap=True, markup=False)
     if output is not None and not quiet:
         err_console.print(f"report written to {output}", soft_wrap=True, markup=False)
     if not info.complete:
@@ -295,11 +313,78 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     return EXIT_OK
 
 
+def _load_scanner(session, plan, *, weights: str, device: str, threshold: float | None,
+                  precision: str, threads: int | None, group=None):
+    """Load the detector for the misses: (the Scanner, the report header without `started`)."""
+    from aidetect import __version__
+    from aidetect.devices import resolve_device
+    from aidetect.hub import load_detector
+    from aidetect.results import ModelInfo, ScanInfo
+
+    torch_device = session.device if session.device is not None else resolve_device(device)
+    if group is not None:
+        torch_device = group.device(torch_device)  # cuda -> this process's GPU
+    loaded = load_detector(weights, device=str(torch_device))
+    detector = loaded.detector
+    scanner = _scanner(detector, torch_device, threshold, precision, threads)
+    session.confirm(plan, sha256=loaded.sha256, preprocess=detector.preprocess_config,
+                    device_type=torch_device.type, precision=scanner.precision)
+    info = ScanInfo(
+        tool_version=__version__,
+        model=ModelInfo(reference=weights, source=loaded.source, sha256=loaded.sha256,
+                        revision=loaded.revision, backbone=detector.backbone,
+                        preprocess=detector.preprocess_config.method),
+        device=scanner.description,
+        threshold=scanner.threshold,
+        started="",
+    )
+    return scanner, info
+
+
+def _warn(warnings: list[str], *, quiet: bool) -> int:
+    """Print the score cache's warnings (one line each) unless quiet; returns how many."""
+    from aidetect.cli.console import err_console
+
+    for warning in warnings if not quiet else ():
+        err_console.print(f"warning: {warning}", soft_wrap=True, markup=False,
+                          style="yellow")
+    return len(warnings)
+
+
 def _scanner(detector, device, threshold: float | None, precision: str, threads: int | None):
     from aidetect.scan import Scanner
 
     return Scanner(detector, device=device, precision=precision, threads=threads,
                    threshold=detector.threshold if threshold is None else threshold)
+
+
+def _default_workers(scanner) -> int:
+    from aidetect.devices import default_device_workers, default_workers
+
+    on_gpu = scanner is not None and scanner.device.type == "cuda"
+    return default_device_workers() if on_gpu else default_workers()
+
+
+def _follow_lead(group, *, weights: str, device: str, threshold: float | None, precision: str,
+                 threads: int | None, batch_size: int, workers: int | None, max_pixels: int,
+                 provenance, thumbnails: bool) -> int:
+    """A torchrun process other than the lead: score its share of the lead's misses (none
+    when every file was cached) and send the results; the lead writes the report."""
+    from aidetect.devices import resolve_device
+    from aidetect.errors import EXIT_OK
+    from aidetect.hub import load_detector
+
+    misses = group.share([])
+    if not misses:
+        return EXIT_OK
+    torch_device = group.device(resolve_device(device))
+    scanner = _scanner(load_detector(weights, device=str(torch_device)).detector,
+                       torch_device, threshold, precision, threads)
+    workers = group.workers(workers, _default_workers(scanner))
+    group.send(scanner.scan(group.shard(misses), batch_size=batch_size, workers=workers,
+                            max_pixels=max_pixels, thumbnails=thumbnails,
+                            provenance=provenance), len(misses))
+    return EXIT_OK
 
 
 def _scan_failure(error: BaseException) -> BaseException:
