@@ -22,9 +22,7 @@ import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
-
-import torch
+from typing import TYPE_CHECKING, TypeVar
 
 from aidetect.errors import EXIT_INCOMPLETE, AidetectError
 from aidetect.results import ImageResult
@@ -33,6 +31,9 @@ EXCHANGE = 64  # results each process sends the lead at a time (the first time: 
 # How long an exchange waits for a process that is alive but slow (a huge image, a cold cache).
 TIMEOUT = timedelta(minutes=30)
 Item = TypeVar("Item")
+
+if TYPE_CHECKING:  # torch is imported once a scan has several processes: a single-process
+    import torch  # scan whose files are all cached never imports it
 
 
 class ScanStopped(AidetectError):
@@ -58,6 +59,8 @@ class ScanGroup:
 
     def device(self, device: torch.device) -> torch.device:
         """`cuda` (no index) -> this process's GPU, cuda:LOCAL_RANK; other devices as given."""
+        import torch
+
         if device.type == "cuda" and device.index is None:
             return torch.device("cuda", self.local_rank % torch.cuda.device_count())
         return device
@@ -71,7 +74,7 @@ class ScanGroup:
         """The lead's file list, on every process (so all scan the same list)."""
         box = [list(candidates) if self.lead else None]
         try:
-            _exchange(torch.distributed.broadcast_object_list, box, src=0)
+            _exchange(_dist().broadcast_object_list, box, src=0)
         except ScanStopped:
             raise AidetectError("the scan's processes could not share the file list (one "
                                 "stopped)", exit_code=EXIT_INCOMPLETE) from None
@@ -87,7 +90,7 @@ class ScanGroup:
         emitted = 0
         for count in _exchange_sizes(total, self.size):
             chunks = [None] * self.size
-            _exchange(torch.distributed.gather_object, _take(own, count), chunks, dst=0)
+            _exchange(_dist().gather_object, _take(own, count), chunks, dst=0)
             for rank, chunk in enumerate(chunks):
                 received[rank].extend(chunk)
             # Position i of the list is result i // size of process i % size.
@@ -101,13 +104,13 @@ class ScanGroup:
         """A process other than the lead: scan and send, exchange by exchange."""
         try:
             for count in _exchange_sizes(total, self.size):
-                _exchange(torch.distributed.gather_object, _take(own, count), None, dst=0)
+                _exchange(_dist().gather_object, _take(own, count), None, dst=0)
         except ScanStopped:
             raise AidetectError("the lead process (rank 0) of the scan stopped; its report, "
                                 "if written, is the scan's", exit_code=EXIT_INCOMPLETE) from None
 
     def close(self) -> None:
-        torch.distributed.destroy_process_group()
+        _dist().destroy_process_group()
 
 
 def join_scan_group() -> ScanGroup | None:
@@ -129,6 +132,12 @@ def join_scan_group() -> ScanGroup | None:
     if group.lead:
         signal.signal(signal.SIGTERM, _stopped_by_torchrun)
     return group
+
+
+def _dist():
+    import torch.distributed
+
+    return torch.distributed
 
 
 def _stopped_by_torchrun(signum, frame) -> None:

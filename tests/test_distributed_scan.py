@@ -35,7 +35,7 @@ def _folder(root: Path) -> Path:
 def _scan_args(folder: Path, weights: Path, output: Path) -> list[str]:
     return ["-m", "aidetect", "scan", str(folder), "--weights", str(weights), "--device", "cpu",
             "--workers", "0", "--batch-size", "3", "--precision", "fp32", "--format", "json",
-            "--output", str(output), "--quiet"]
+            "--output", str(output), "--quiet", "--no-cache"]
 
 
 def test_two_processes_write_the_single_process_report(tmp_path, detector_dir):
@@ -69,6 +69,29 @@ def test_two_processes_write_the_single_process_report(tmp_path, detector_dir):
                "results"}
     assert {k: v for k, v in one.items() if k not in ignored} == {
         k: v for k, v in two.items() if k not in ignored}
+
+
+def test_two_processes_share_the_score_cache(tmp_path, detector_dir):
+    """The lead alone reads and writes the cache (no write conflicts); the other processes
+    score a share of its misses, and none at all on a rescan where everything is cached."""
+    folder = _folder(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "AIDETECT_CACHE": str(tmp_path / "cache")}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2"]
+    reports = []
+    for name in ("first.json", "again.json"):
+        args = [a for a in _scan_args(folder, detector_dir, tmp_path / name) if a != "--no-cache"]
+        run = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=300,
+                             env=env)
+        assert run.returncode == 1, run.stderr  # rank 0's exit 3 (two broken files)
+        reports.append(json.loads((tmp_path / name).read_text()))
+    first, again = reports
+    assert again["processes"] == 2
+    scored = [r for r in first["results"] if r["error"] is None]
+    assert len(scored) == 11 and not any(r["cached"] for r in scored)
+    rescored = [r for r in again["results"] if r["error"] is None]
+    assert all(r["cached"] for r in rescored)
+    assert [(r["path"], r["score"]) for r in rescored] == [(r["path"], r["score"]) for r in scored]
 
 
 def _results(rank: int, size: int, total: int) -> list[ImageResult]:
