@@ -6,8 +6,8 @@ Both variants run the same model (random weights), the same LoRA, batch, loss
 - aidetect: one image tower. The teacher is the student's encoder with LoRA switched off
   (`aidetect.model.Teacher`), its pass under no_grad; caption features are computed once per
   distinct caption before training, by the text tower alone, which is then released
-  (`aidetect.train.precompute_captions`, before the image tower is built, as `aidetect train`
-  does). The step is `aidetect.train.stage2_loss`, the trainer's own.
+  (`aidetect.steps.precompute_captions`, before the image tower is built, as `aidetect train`
+  does). The step is `aidetect.steps.stage2_loss`, the trainer's own.
 - baseline, as the published code does it: the student is a whole CLIP (image + text tower)
   with LoRA, the teacher a second whole frozen CLIP, and the captions are tokenised and encoded
   by the text tower at every step.
@@ -70,7 +70,7 @@ def run_variant(variant: str, backbone: str, batch: int, steps: int, device_name
     if variant == "aidetect":
         from aidetect.lora import lora_parameters
         from aidetect.model import Detector, Teacher
-        from aidetect.train import precompute_captions, stage2_loss
+        from aidetect.steps import precompute_captions, stage2_loss
 
         features = precompute_captions(CAPTIONS, backbone=backbone, pretrained=None,
                                        quick_gelu=None, device=device, seed=0)

@@ -146,12 +146,12 @@ def test_existing_run_needs_resume_and_resume_needs_same_settings(trained, tmp_p
 
 
 def test_out_of_memory_suggests_a_smaller_batch(tmp_path, tiny_local_dir, monkeypatch):
-    from aidetect import train
+    from aidetect import trainer
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(train.Trainer, "_stage1_step", out_of_memory)
+    monkeypatch.setattr(trainer.Trainer, "_stage1_step", out_of_memory)
     data = write_labelled_folder(tmp_path / "data", n=2)
     job = TrainJob(data=data, out=tmp_path / "run", backbone=tiny_local_dir, pretrained=None,
                    config=TrainConfig(batch_size=4), device="cpu", workers=0)
