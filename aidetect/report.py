@@ -20,7 +20,6 @@ import io
 import json
 import math
 import os
-import unicodedata
 from contextlib import AbstractContextManager
 from importlib import resources
 from pathlib import Path
@@ -33,6 +32,8 @@ from rich.text import Text
 from aidetect.atomic import atomic_open
 from aidetect.errors import UsageError
 from aidetect.results import RESULT_FIELDS, ImageResult, ScanInfo
+from aidetect.text import printable as _printable
+from aidetect.text import utf8 as _utf8
 
 FORMATS = ("table", "json", "jsonl", "csv", "html")
 MAX_REAL_ROWS = 20  # the table lists every AI-generated image but only the top real ones
@@ -412,35 +413,6 @@ def _clean(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
-
-
-def _utf8(text: str) -> str:
-    """`text`, with the surrogate escapes of undecodable file-name bytes shown as `\\xNN`."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # lone surrogates that are not escaped bytes
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-# Bidirectional overrides could make a terminal show a path other than the real one.
-_BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
-
-
-def _printable(text: str) -> str:
-    """`text` for a terminal: control characters (escape sequences, newlines) as escapes."""
-    if text.isprintable():
-        return text
-    return "".join(
-        c.encode("unicode_escape").decode("ascii")
-        if unicodedata.category(c) == "Cc" or c in _BIDI
-        else c
-        for c in text
-    )
 
 
 def _duration(seconds: float) -> str:

@@ -123,10 +123,19 @@ class Trainer:
                 return read_checkpoint(self.checkpoint_path)
             self.emit(Note(f"{self.checkpoint_path}: no checkpoint yet; starting from scratch"))
             return None
-        if self.checkpoint_path.exists() or (out / "config.json").exists():
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out} is a file: choose a new or empty folder")
+        if self.state_dir.exists() or (out / "config.json").exists():
             raise UsageError(
                 f"--out {out} already holds a training run: pass --resume to continue it, or "
                 "choose another --out"
+            )
+        found = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        if found:  # the run writes README.md, config.json, ...: never over the user's files
+            shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            raise UsageError(
+                f"--out {out} holds files this run did not write ({shown}): choose a new or "
+                "empty folder (or pass --resume to continue a run there)"
             )
         return None
 
@@ -510,6 +519,8 @@ class Trainer:
         self.scaler = self.precision.grad_scaler()
         if cfg.batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
+        checkpoint = self._check_paths()  # first: a refused --out costs no time
+        dist.barrier()  # every rank has looked at OUT before rank 0 writes into it
         self.image_set = find_labelled_images(job.data, classes=job.classes)
         self.files_digest = files_digest(self.image_set)
         self.captions = resolve_captions(self.image_set, job.captions)
@@ -518,7 +529,6 @@ class Trainer:
         self.emit(Note(f"captions: {self.captions.source}"))
         self.emit(Note(f"precision: {self._precision_text()}"
                        + ("; activation checkpointing" if job.checkpointing else "")))
-        checkpoint = self._check_paths()
         if checkpoint is not None and checkpoint["finished"]:
             self.emit(Note(f"{job.out}: this run has already finished; nothing to resume"))
             return TrainResult(Path(job.out), checkpoint["global_step"],

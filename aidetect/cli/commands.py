@@ -1,5 +1,6 @@
 """Imports every command module so that its commands register on the app."""
 from aidetect.cli import (
+    eval,  # noqa: F401
     scan,  # noqa: F401
     train,  # noqa: F401
     weights,  # noqa: F401
