@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from aidetect.dataset import ImageSet
+from aidetect.errors import UsageError
 
 CHECKPOINT_FORMAT = 1
 STATE_DIR = "train"  # OUT/train/: checkpoint.pt and metrics.jsonl, next to the detector files
@@ -108,3 +110,77 @@ def truncate_metrics(path: Path, records: int) -> None:
             break
         kept.append(line)
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def check_recipe(path: Path, checkpoint: dict[str, Any], recipe: dict[str, Any]) -> None:
+    """Refuse to resume with settings that decide the result other than the checkpoint's."""
+    saved = checkpoint["recipe"]
+    diffs = [
+        f"{key} {value!r} (checkpoint: {saved.get(key)!r})"
+        for key, value in recipe.items()
+        if saved.get(key) != value
+    ]
+    if diffs:
+        raise UsageError(f"{path}: cannot resume with different settings: " + "; ".join(diffs))
+
+
+def trainable_state(detector, *, probe_head: nn.Module | None,
+                    text_head: nn.Module | None) -> dict[str, Any]:
+    """The tensors training changes: heads and LoRA factors (the frozen tower is rebuilt)."""
+    state: dict[str, Any] = {"head": detector.head.state_dict()}
+    if probe_head is not None:
+        state["probe_head"] = probe_head.state_dict()
+    if text_head is not None:
+        state["text_head"] = text_head.state_dict()
+    lora = {
+        name: param.detach()
+        for name, param in detector.visual.named_parameters()
+        if ".lora_" in name
+    }
+    if lora:
+        state["lora"] = lora
+    return state
+
+
+def load_trainable_state(state: dict[str, Any], detector, *, probe_head: nn.Module | None,
+                         text_head: nn.Module | None) -> None:
+    detector.head.load_state_dict(state["head"])
+    if "probe_head" in state:
+        probe_head.load_state_dict(state["probe_head"])
+    if "text_head" in state:
+        text_head.load_state_dict(state["text_head"])
+    if "lora" in state:
+        params = dict(detector.visual.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state["lora"].items():
+                params[name].copy_(tensor)
+
+
+def make_recipe(job, *, files: str, captions: str, precision: str,
+                weights_sha256: str | None) -> dict[str, Any]:
+    """What decides the result of `job` (a `TrainJob`); a resumed run must match it."""
+    cfg, train = job.config, job.kind == "train"
+    return {
+        "kind": job.kind,
+        "data": str(Path(job.data).resolve()),
+        "files": files,
+        "backbone": job.backbone if train else None,
+        "pretrained": job.pretrained if train else None,
+        "weights_sha256": weights_sha256,
+        "probe_epochs": cfg.probe_epochs if train else 0,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "betas": list(cfg.betas),
+        "align_weight": cfg.align_weight,
+        "lora_rank": cfg.lora.rank,
+        "lora_alpha": cfg.lora.alpha,
+        "lora_dropout": cfg.lora.dropout,
+        "seed": cfg.seed,
+        "precision": precision,
+        "captions": captions,
+        "blur_prob": cfg.blur_prob,
+        "blur_sigma": list(cfg.blur_sigma),
+        "jpeg_prob": cfg.jpeg_prob,
+        "jpeg_quality": list(cfg.jpeg_quality),
+    }

@@ -40,6 +40,14 @@ class Precision:
         """fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range."""
         return self.dtype == torch.float16
 
+    def describe(self) -> str:
+        """As the model card and the run's log say it."""
+        if self.dtype is None:
+            return "fp32"
+        scaled = ", loss scaling" if self.scales_loss else ""
+        return (f"{self.name} autocast{scaled} (LoRA, heads, optimiser state and the DGS-Net "
+                "loss in fp32)")
+
     def autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device_type, dtype=self.dtype or torch.float32,
                               enabled=self.dtype is not None)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,12 +24,16 @@ from aidetect.checkpoint import (
     CHECKPOINT_NAME,
     METRICS_NAME,
     STATE_DIR,
+    check_recipe,
     files_digest,
+    load_trainable_state,
+    make_recipe,
     read_checkpoint,
     rng_state,
     seed_everything,
     set_rng_state,
     to_cpu,
+    trainable_state,
     truncate_metrics,
     write_checkpoint,
 )
@@ -44,6 +47,7 @@ from aidetect.dataset import (
     make_loader,
     resolve_captions,
 )
+from aidetect.devices import train_workers
 from aidetect.distributed import setup_distributed
 from aidetect.errors import UsageError
 from aidetect.evaluate import out_of_memory_error, predict
@@ -65,19 +69,6 @@ from aidetect.train import (
     TrainJob,
     TrainResult,
 )
-
-
-def train_workers(device: torch.device) -> int:
-    """Decoding processes per rank. On a GPU the model is fast and the cores are there to feed
-    it: all of this rank's share of the cores but one (for the training process), up to 16. On
-    CPU, decoding and the model share the cores (`devices.default_workers`)."""
-    from aidetect.devices import default_workers
-
-    if device.type != "cuda":
-        return default_workers()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(16, (cores or 1) // max(1, ranks_here) - 1))
 
 
 class Trainer:
@@ -139,48 +130,6 @@ class Trainer:
             )
         return None
 
-    def _recipe(self) -> dict[str, Any]:
-        """What decides the result; a resumed run must match it."""
-        cfg = self.cfg
-        recipe = {
-            "kind": self.job.kind,
-            "data": str(Path(self.job.data).resolve()),
-            "files": self.files_digest,
-            "backbone": self.job.backbone if self.job.kind == "train" else None,
-            "pretrained": self.job.pretrained if self.job.kind == "train" else None,
-            "weights_sha256": self.start_from["sha256"] if self.start_from else None,
-            "probe_epochs": cfg.probe_epochs if self.job.kind == "train" else 0,
-            "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "betas": list(cfg.betas),
-            "align_weight": cfg.align_weight,
-            "lora_rank": cfg.lora.rank,
-            "lora_alpha": cfg.lora.alpha,
-            "lora_dropout": cfg.lora.dropout,
-            "seed": cfg.seed,
-            "precision": self.precision.name,
-            "captions": self.captions.source,
-            "blur_prob": cfg.blur_prob,
-            "blur_sigma": list(cfg.blur_sigma),
-            "jpeg_prob": cfg.jpeg_prob,
-            "jpeg_quality": list(cfg.jpeg_quality),
-        }
-        return recipe
-
-    def _check_recipe(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint["recipe"]
-        diffs = [
-            f"{key} {value!r} (checkpoint: {saved.get(key)!r})"
-            for key, value in self.recipe.items()
-            if saved.get(key) != value
-        ]
-        if diffs:
-            raise UsageError(
-                f"{self.checkpoint_path}: cannot resume with different settings: "
-                + "; ".join(diffs)
-            )
-
     def _build_detector(self):
         """The model a fresh run starts from; rebuilt the same way on resume (seeded)."""
         from aidetect.model import Detector
@@ -209,31 +158,8 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------
     def trainable_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"head": self.detector.head.state_dict()}
-        if self.probe_head is not None:
-            state["probe_head"] = self.probe_head.state_dict()
-        if self.text_head is not None:
-            state["text_head"] = self.text_head.state_dict()
-        lora = {
-            name: param.detach()
-            for name, param in self.detector.visual.named_parameters()
-            if ".lora_" in name
-        }
-        if lora:
-            state["lora"] = lora
-        return state
-
-    def load_trainable_state(self, state: dict[str, Any]) -> None:
-        self.detector.head.load_state_dict(state["head"])
-        if "probe_head" in state:
-            self.probe_head.load_state_dict(state["probe_head"])
-        if "text_head" in state:
-            self.text_head.load_state_dict(state["text_head"])
-        if "lora" in state:
-            params = dict(self.detector.visual.named_parameters())
-            with torch.no_grad():
-                for name, tensor in state["lora"].items():
-                    params[name].copy_(tensor)
+        return trainable_state(self.detector, probe_head=self.probe_head,
+                               text_head=self.text_head)
 
     def save_checkpoint(self, stage: int, epoch: int, step: int, *, finished: bool = False,
                         state: dict[str, Any] | None = None) -> None:
@@ -269,7 +195,8 @@ class Trainer:
             truncate_metrics(self.metrics_path, self.records)
 
     def _restore_tensors(self, checkpoint: dict[str, Any]) -> None:
-        self.load_trainable_state(checkpoint["state"])
+        load_trainable_state(checkpoint["state"], self.detector, probe_head=self.probe_head,
+                             text_head=self.text_head)
         if checkpoint["optimizer"] is not None:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         if checkpoint.get("scaler") is not None:
@@ -470,7 +397,7 @@ class Trainer:
             + (f"; blur p={cfg.blur_prob:g}, sigma {cfg.blur_sigma}" if cfg.blur_prob else "")
             + (f"; JPEG p={cfg.jpeg_prob:g}, quality {cfg.jpeg_quality}" if cfg.jpeg_prob else ""),
             "seed": cfg.seed,
-            "precision": self._precision_text(),
+            "precision": self.precision.describe(),
             "steps": self.global_step,
             "processes": self.dist.world,
         })
@@ -491,13 +418,6 @@ class Trainer:
             metrics=self.validation,
             threshold=DEFAULT_THRESHOLD,
         )
-
-    def _precision_text(self) -> str:
-        if self.precision.dtype is None:
-            return "fp32"
-        scaled = ", loss scaling" if self.precision.scales_loss else ""
-        return (f"{self.precision.name} autocast{scaled} (LoRA, heads, optimiser state and the "
-                "DGS-Net loss in fp32)")
 
     # --- entry point -------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -527,7 +447,7 @@ class Trainer:
         self.val_set = find_labelled_images(job.val, what="--val") if job.val else None
         self.emit(Note(f"training data: {self.image_set.describe()}"))
         self.emit(Note(f"captions: {self.captions.source}"))
-        self.emit(Note(f"precision: {self._precision_text()}"
+        self.emit(Note(f"precision: {self.precision.describe()}"
                        + ("; activation checkpointing" if job.checkpointing else "")))
         if checkpoint is not None and checkpoint["finished"]:
             self.emit(Note(f"{job.out}: this run has already finished; nothing to resume"))
@@ -535,9 +455,13 @@ class Trainer:
                                dict(checkpoint["skipped"]), list(checkpoint["validation"]),
                                already_finished=True, main_process=dist.main)
         self.detector = self._build_detector()
-        self.recipe = self._recipe()
+        self.recipe = make_recipe(
+            self.job, files=self.files_digest, captions=self.captions.source,
+            precision=self.precision.name,
+            weights_sha256=self.start_from["sha256"] if self.start_from else None,
+        )
         if checkpoint is not None:
-            self._check_recipe(checkpoint)
+            check_recipe(self.checkpoint_path, checkpoint, self.recipe)
             self._restore_progress(checkpoint)
             stage, epoch, step = self.position
             self.emit(Note(f"resuming at stage {stage}, epoch {epoch + 1}, step {step} "

@@ -266,7 +266,7 @@ def main() -> None:
     else:
         print("target (aidetect / baseline): whole-process peak RSS <= 0.6")
     if args.decode:
-        from aidetect.trainer import train_workers
+        from aidetect.devices import train_workers
 
         per_worker = measure_decode()
         fastest = min(r["step_s"] for r in results[1:]) if len(results) > 1 else base["step_s"]

@@ -356,3 +356,14 @@ def test_unknown_precision_is_a_usage_error(tmp_path, tiny_local_dir):
     with pytest.raises(UsageError, match="--precision fp8"):
         run_training(job)
     assert not (tmp_path / "run").exists()
+
+
+def test_decoding_workers_scale_with_the_cores_on_a_gpu(monkeypatch):
+    from aidetect import devices
+
+    monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert devices.train_workers(torch.device("cuda")) == 15  # all cores but the trainer's
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: four ranks share the cores
+    assert devices.train_workers(torch.device("cuda")) == 3
+    assert devices.train_workers(torch.device("cpu")) == devices.default_workers() == 4
