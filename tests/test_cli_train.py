@@ -16,7 +16,8 @@ TRAIN_OPTIONS = (
     "--data", "--out", "--backbone", "--pretrained", "--probe-epochs", "--epochs",
     "--batch-size", "--lr", "--lora-rank", "--lora-alpha", "--lora-dropout", "--align-weight",
     "--seed", "--device", "--workers", "--save-every", "--resume", "--val", "--captions",
-    "--classes", "--blur-prob", "--blur-range", "--jpeg-prob", "--jpeg-range",
+    "--classes", "--blur-prob", "--blur-range", "--jpeg-prob", "--jpeg-range", "--precision",
+    "--checkpointing",
 )
 
 
@@ -38,6 +39,7 @@ def test_help_lists_every_option_and_examples(capsys):
     assert "--blur-sigma" in out and "--format" in out
     code, out, _ = _run(["finetune", "--help"], capsys)
     assert code == 0 and "--weights" in out and "aidetect finetune" in out
+    assert "--precision" in out and "--checkpointing" in out
 
 
 @pytest.fixture(scope="module")
