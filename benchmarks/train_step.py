@@ -61,7 +61,9 @@ VARIANTS = {  # name: (precision, activation checkpointing)
     "aidetect fp32": ("fp32", False),
     "aidetect": ("auto", False),
     "aidetect --checkpointing": ("auto", True),
+    "aidetect bf16": ("bf16", False),  # on CPU: what autocast does to activation memory
 }
+DEFAULT_VARIANTS = ("baseline", "aidetect fp32", "aidetect", "aidetect --checkpointing")
 
 
 def run_variant(variant: str, backbone: str, batch: int, steps: int, device_name: str) -> dict:
@@ -216,8 +218,9 @@ def main() -> None:
                         help="default: ViT-B-16 on CPU, ViT-L-14-quickgelu on CUDA")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 CPU, 32 CUDA")
     parser.add_argument("--steps", type=int, default=3, help="timed steps (after 1 warm-up)")
-    parser.add_argument("--variants", default="baseline," + ",".join(VARIANTS),
-                        help="comma-separated, baseline first (default: all)")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help="comma-separated, baseline first (default: all but "
+                        "'aidetect bf16', which shows autocast's memory on CPU)")
     parser.add_argument("--decode", action="store_true",
                         help="also measure decoding images/s per worker against the step rate")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: one subprocess
