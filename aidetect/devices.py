@@ -26,6 +26,17 @@ def _cores() -> int:
     return cores or 1
 
 
+def train_workers(device: torch.device) -> int:
+    """Decoding processes per rank. On a GPU the model is fast and the cores are there to feed
+    it: all of this rank's share of the cores but one (for the training process), up to 16. On
+    CPU, decoding and the model share the cores (`devices.default_workers`)."""
+    if device.type != "cuda":
+        return default_workers()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(16, (cores or 1) // max(1, ranks_here) - 1))
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto', 'cpu', 'cuda' or 'cuda:N' -> a usable torch.device, never a silent fallback."""
     name = name.strip().lower()

@@ -128,7 +128,7 @@ class EvalReport:
 
         return _finite(
             {
-                "aidetect_version": __version__,
+                "tool": {"name": "aidetect", "version": __version__},  # as in scan's report
                 "model": model or {},
                 "threshold": self.threshold,
                 "perturbation": {"jpeg_quality": self.jpeg_quality, "blur_sigma": self.blur_sigma},
@@ -225,6 +225,22 @@ def evaluate(
         jpeg_quality=jpeg_quality,
         blur_sigma=blur_sigma,
     )
+
+
+# A rate p estimated from n real images rests on about n * p flagged ones; with fewer than
+# ~10 of them the threshold moves a lot from one sample of real images to the next.
+FLAGGED_FOR_AN_ESTIMATE = 10
+
+
+def real_images_needed(fpr: float) -> int | None:
+    """Real images a threshold for this false-positive rate should rest on (None: no number
+    is enough for a rate of 0, whose threshold is just above the highest real score seen)."""
+    return math.ceil(FLAGGED_FOR_AN_ESTIMATE / fpr) if fpr > 0 else None
+
+
+def too_few_real_images(n_real: int, fpr: float) -> bool:
+    needed = real_images_needed(fpr)
+    return needed is None or n_real < needed
 
 
 def write_threshold(folder: str | Path, threshold: float, *, fpr: float,

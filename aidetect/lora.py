@@ -39,14 +39,21 @@ class _LoRAUpdate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, p: float, scaling: float, *factors):  # factors: A_q, B_q, A_k, ...
+        # Under autocast, compute (and keep x) in autocast's dtype, as its F.linear would; the
+        # gradients go back in the dtypes of x and of the (fp32) factors.
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        ctx.dtypes = (x.dtype, factors[0].dtype)
+        x, factors = x.to(dtype), [f.to(dtype) for f in factors]
         masks, hidden, parts = [], [], []
-        for a, b in zip(factors[0::2], factors[1::2], strict=True):
-            dropped = x
-            if p > 0.0:
-                dropped, mask = torch.native_dropout(x, p, True)
-                masks.append(mask)  # bool, a quarter of a float mask
-            hidden.append(F.linear(dropped, a))  # (B, N, r)
-            parts.append(F.linear(hidden[-1], b))  # (B, N, D)
+        with torch.autocast(device, enabled=False):
+            for a, b in zip(factors[0::2], factors[1::2], strict=True):
+                dropped = x
+                if p > 0.0:
+                    dropped, mask = torch.native_dropout(x, p, True)
+                    masks.append(mask)  # bool, a quarter of a float mask
+                hidden.append(F.linear(dropped, a))  # (B, N, r)
+                parts.append(F.linear(hidden[-1], b))  # (B, N, D)
         ctx.p, ctx.scaling = p, scaling
         ctx.save_for_backward(x, *factors, *hidden, *masks)
         return torch.cat(parts, dim=-1).mul_(scaling)
@@ -57,7 +64,7 @@ class _LoRAUpdate(torch.autograd.Function):
         factors, hidden, masks = saved[:6], saved[6:9], saved[9:]
         width, scale = x.shape[-1], _dropout_scale(ctx.p)
         flat_x = x.reshape(-1, width)  # (BN, D)
-        grad = (grad * ctx.scaling).reshape(-1, 3 * width)  # (BN, 3D)
+        grad = (grad.to(x.dtype) * ctx.scaling).reshape(-1, 3 * width)  # (BN, 3D)
         grad_x, grad_factors = None, []
         for i, (a, b) in enumerate(zip(factors[0::2], factors[1::2], strict=True)):
             g = grad[:, i * width : (i + 1) * width]  # (BN, D)
@@ -72,9 +79,10 @@ class _LoRAUpdate(torch.autograd.Function):
                 if masks:
                     part = part.mul_(noise)
                 grad_x = part if grad_x is None else grad_x.add_(part)
+        x_dtype, factor_dtype = ctx.dtypes
         if grad_x is not None:
-            grad_x = grad_x.view(x.shape)
-        return grad_x, None, None, *grad_factors
+            grad_x = grad_x.view(x.shape).to(x_dtype)
+        return grad_x, None, None, *(g.to(factor_dtype) for g in grad_factors)
 
 
 class LoRAAttention(nn.Module):

@@ -4,6 +4,10 @@
 carry the method: `harmful_direction` (from the text loss) and `project_off` (an autograd
 function that removes that direction from every gradient reaching the student features). No hook
 is registered, so nothing survives from one call to the next.
+
+Under mixed precision the features arrive in bf16 or fp16; the loss is computed on fp32 copies
+with autocast off (the projection divides by a norm, and the heads and BCEs are fp32), and the
+gradient flows back to the encoder in the encoder's dtype.
 """
 
 from __future__ import annotations
@@ -88,8 +92,18 @@ def dgs_loss(
         teacher_head: the frozen probe head of stage 1 (receives no gradient).
         text_head: the text head (trained by L_text only).
         align_weight: the weight of L_align (0.2 in the paper).
+    Features in any float dtype; the loss is fp32, with autocast off.
     """
-    labels = labels.to(student.dtype)
+    with torch.autocast(student.device.type, enabled=False):
+        return _dgs_loss_fp32(
+            student=student.float(), teacher=teacher.float(), text=text.float(),
+            labels=labels.float(), student_head=student_head, teacher_head=teacher_head,
+            text_head=text_head, align_weight=align_weight,
+        )
+
+
+def _dgs_loss_fp32(*, student, teacher, text, labels, student_head, teacher_head, text_head,
+                   align_weight: float) -> DGSLoss:
     help_dir = _input_grad(teacher_head, teacher, labels).clamp(max=0)  # min(g_T, 0): (B, D)
 
     text_in = text.detach().requires_grad_(True)

@@ -69,3 +69,8 @@ def duration(seconds: float) -> str:
 def rate(per_second: float) -> str:
     """A rate with one decimal, two below 1."""
     return f"{per_second:.1f}" if per_second >= 1 or per_second == 0 else f"{per_second:.2f}"
+
+
+def percent(value: float | None) -> str:
+    """A fraction as a percentage with one decimal; "-" when undefined (None or NaN)."""
+    return "-" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"

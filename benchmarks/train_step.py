@@ -1,13 +1,15 @@
 """Stage-2 (DGS) step time and peak memory: aidetect's trainer against the published layout.
 
-Both variants run the same model (random weights), the same LoRA, batch, loss
+Every variant runs the same model (random weights), the same LoRA, batch, loss
 (`aidetect.surgery.dgs_loss`) and optimiser (Adam over LoRA + image head + text head):
 
-- aidetect: one image tower. The teacher is the student's encoder with LoRA switched off
-  (`aidetect.model.Teacher`), its pass under no_grad; caption features are computed once per
-  distinct caption before training, by the text tower alone, which is then released
-  (`aidetect.train.precompute_captions`, before the image tower is built, as `aidetect train`
-  does). The step is `aidetect.train.stage2_loss`, the trainer's own.
+- aidetect (at `--precision auto`: bf16 autocast on CUDA from Ampere on, fp32 on CPU), aidetect
+  fp32 and aidetect with `--checkpointing`: one image tower. The teacher is the student's
+  encoder with LoRA switched off (`aidetect.model.Teacher`), its pass first, under
+  inference_mode; caption features are computed once per distinct caption before training, by
+  the text tower alone, which is then released (`aidetect.steps.precompute_captions`, before
+  the image tower is built, as `aidetect train` does). The step is `aidetect.steps.stage2_loss`
+  with the trainer's precision and loss scaler.
 - baseline, as the published code does it: the student is a whole CLIP (image + text tower)
   with LoRA, the teacher a second whole frozen CLIP, and the captions are tokenised and encoded
   by the text tower at every step.
@@ -15,9 +17,14 @@ Both variants run the same model (random weights), the same LoRA, batch, loss
 Each variant runs in its own subprocess. CPU peak memory is the process's peak resident set
 (`resource.getrusage(RUSAGE_SELF).ru_maxrss`, which counts everything torch allocates;
 tracemalloc would miss it), reported whole and above the footprint after imports. CUDA peak
-memory is `torch.cuda.max_memory_allocated()` over model build and steps.
+memory is `torch.cuda.max_memory_allocated()` over model build and steps. Ratios are against
+the baseline (fp32, as published) measured in the same run.
 
-    python benchmarks/train_step.py                      # CPU, ViT-B-16, batch 4
+`--decode` also measures the data pipeline: images/s that one DataLoader worker decodes and
+augments (the training dataset, 512x512 JPEGs), and how many workers the measured step rate
+needs, against what `aidetect train` starts on this machine.
+
+    python benchmarks/train_step.py                      # CPU, ViT-B-16, batch 8
     python benchmarks/train_step.py --device cuda        # ViT-L-14-quickgelu, batch 32
 """
 
@@ -50,6 +57,15 @@ def _load_average() -> str:
         return "n/a"
 
 
+VARIANTS = {  # name: (precision, activation checkpointing)
+    "aidetect fp32": ("fp32", False),
+    "aidetect": ("auto", False),
+    "aidetect --checkpointing": ("auto", True),
+    "aidetect bf16": ("bf16", False),  # on CPU: what autocast does to activation memory
+}
+DEFAULT_VARIANTS = ("baseline", "aidetect fp32", "aidetect", "aidetect --checkpointing")
+
+
 def run_variant(variant: str, backbone: str, batch: int, steps: int, device_name: str) -> dict:
     import torch
     from torch import nn
@@ -67,17 +83,27 @@ def run_variant(variant: str, backbone: str, batch: int, steps: int, device_name
     captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
     lora = LoraConfig()
 
-    if variant == "aidetect":
+    scaler = None
+    precision_name = "fp32"
+    if variant in VARIANTS:
         from aidetect.lora import lora_parameters
         from aidetect.model import Detector, Teacher
-        from aidetect.train import precompute_captions, stage2_loss
+        from aidetect.steps import (
+            choose_precision,
+            precompute_captions,
+            set_checkpointing,
+            stage2_loss,
+        )
 
+        precision = choose_precision(device, VARIANTS[variant][0])
+        precision_name, scaler = precision.name, precision.grad_scaler()
         features = precompute_captions(CAPTIONS, backbone=backbone, pretrained=None,
                                        quick_gelu=None, device=device, seed=0)
         detector = Detector(backbone=backbone, pretrained=None).to(device)
         probe_head = copy.deepcopy(detector.head)
         teacher = Teacher(detector, probe_head)
         detector.add_lora(lora)
+        set_checkpointing(detector, VARIANTS[variant][1])
         text_head = nn.Linear(features.features.shape[1], 1).to(device)
         params = [*lora_parameters(detector.visual), *detector.head.parameters(),
                   *text_head.parameters()]
@@ -86,7 +112,7 @@ def run_variant(variant: str, backbone: str, batch: int, steps: int, device_name
         def loss_fn():
             text = features.lookup(captions)
             return stage2_loss(detector, teacher, images, labels, text, text_head=text_head,
-                               align_weight=0.2)
+                               align_weight=0.2, precision=precision)
     else:
         import open_clip
 
@@ -126,9 +152,15 @@ def run_variant(variant: str, backbone: str, batch: int, steps: int, device_name
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         loss = loss_fn()
-        loss.total.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.total.backward()
+            optimizer.step()
+        else:  # as the trainer steps (a disabled scaler is the optimiser's own step)
+            scaler.scale(loss.total).backward()
+            scaler.step(optimizer)
+            scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        del loss
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step:
@@ -136,6 +168,7 @@ def run_variant(variant: str, backbone: str, batch: int, steps: int, device_name
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     result = {
         "variant": variant,
+        "precision": precision_name,
         "step_s": sorted(times)[len(times) // 2],
         "fastest_step_s": min(times),  # least disturbed by other load on a shared machine
         "peak_rss_mib": peak_rss / 1024,
@@ -147,17 +180,53 @@ def run_variant(variant: str, backbone: str, batch: int, steps: int, device_name
     return result
 
 
+def measure_decode(images: int = 48, size: int = 512) -> float:
+    """Images/s one process decodes and augments for training (the work of one worker)."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from aidetect.config import DGS_PREPROCESS, TrainConfig
+    from aidetect.dataset import Augment, ImageDataset
+
+    cfg = TrainConfig()
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for i in range(images):  # smooth gradients plus noise: a photo-like JPEG's entropy
+            ramp = np.linspace(0, 255, size)[None, :, None] * rng.random(3)
+            pixels = np.clip(ramp + rng.normal(0, 20, (size, size, 3)), 0, 255)
+            path = Path(folder) / f"{i:03d}.jpg"
+            Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
+            paths.append(path)
+        dataset = ImageDataset(paths, [i % 2 for i in range(images)], preprocess=DGS_PREPROCESS,
+                               train=True, augment=Augment(cfg.blur_prob, cfg.blur_sigma,
+                                                           cfg.jpeg_prob, cfg.jpeg_quality))
+        dataset[0]  # warm up
+        start = time.perf_counter()
+        for index in range(images):
+            dataset[index]
+        return images / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--backbone", default=None,
                         help="default: ViT-B-16 on CPU, ViT-L-14-quickgelu on CUDA")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 4 CPU, 32 CUDA")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 8 CPU, 32 CUDA")
     parser.add_argument("--steps", type=int, default=3, help="timed steps (after 1 warm-up)")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help="comma-separated, baseline first (default: all but "
+                        "'aidetect bf16', which shows autocast's memory on CPU)")
+    parser.add_argument("--decode", action="store_true",
+                        help="also measure decoding images/s per worker against the step rate")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: one subprocess
     args = parser.parse_args()
     backbone = args.backbone or ("ViT-B-16" if args.device == "cpu" else "ViT-L-14-quickgelu")
-    batch = args.batch_size or (4 if args.device == "cpu" else 32)
+    batch = args.batch_size or (8 if args.device == "cpu" else 32)
     if args.variant:
         print(json.dumps(run_variant(args.variant, backbone, batch, args.steps, args.device)))
         return
@@ -170,28 +239,45 @@ def main() -> None:
     print(f"stage-2 step: {backbone} (random weights), batch {batch}, {args.steps} timed steps, "
           f"device {args.device}")
     load_before = _load_average()
-    results = {}
-    for variant in ("baseline", "aidetect"):
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if variants[0] != "baseline" or any(v not in VARIANTS for v in variants[1:]):
+        sys.exit(f"--variants: baseline first, then any of {', '.join(VARIANTS)}")
+    results = []
+    for variant in variants:
         command = [sys.executable, __file__, "--variant", variant, "--device", args.device,
                    "--backbone", backbone, "--batch-size", str(batch), "--steps", str(args.steps)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             sys.exit(f"{variant} failed:\n{done.stderr}")
-        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
-    base, ours = results["baseline"], results["aidetect"]
-    rows = [("median step time (s)", "step_s", "{:.3f}"),
-            ("fastest step time (s)", "fastest_step_s", "{:.3f}"),
-            ("peak RSS (MiB)", "peak_rss_mib", "{:.0f}"),
-            ("peak RSS above imports (MiB)", "peak_rss_above_imports_mib", "{:.0f}")]
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    base = results[0]
+    columns = [("median step s", "step_s", "{:.3f}"), ("fastest s", "fastest_step_s", "{:.3f}"),
+               ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
+               ("RSS above imports", "peak_rss_above_imports_mib", "{:.0f}")]
     if args.device == "cuda":
-        rows.append(("peak CUDA allocated (MiB)", "peak_cuda_mib", "{:.0f}"))
-    print(f"{'':32} {'baseline':>10} {'aidetect':>10} {'ratio':>7}")
-    for label, key, fmt in rows:
-        print(f"{label:32} {fmt.format(base[key]):>10} {fmt.format(ours[key]):>10} "
-              f"{ours[key] / base[key]:>7.2f}")
-    print(f"trainable parameters: {ours['trainable']} (both)")
+        columns.append(("peak CUDA MiB", "peak_cuda_mib", "{:.0f}"))
+    print(f"{'variant':26} {'precision':>9}" + "".join(f" {name:>17} {'ratio':>5}"
+                                                    for name, _, _ in columns))
+    for result in results:
+        cells = "".join(f" {fmt.format(result[key]):>17} {result[key] / base[key]:>5.2f}"
+                        for _, key, fmt in columns)
+        print(f"{result['variant']:26} {result['precision']:>9}{cells}")
+    print(f"trainable parameters: {base['trainable']} (all)")
     print(f"load average before/after: {load_before} / {_load_average()}")
-    print("targets: memory ratio <= 0.6, step time ratio <= 0.8")
+    if args.device == "cuda":
+        print("targets (aidetect / baseline): stage-2 step time <= 0.35, peak CUDA memory <= 0.5")
+    else:
+        print("target (aidetect / baseline): whole-process peak RSS <= 0.6")
+    if args.decode:
+        from aidetect.devices import train_workers
+
+        per_worker = measure_decode()
+        fastest = min(r["step_s"] for r in results[1:]) if len(results) > 1 else base["step_s"]
+        needed = batch / fastest
+        workers = train_workers(torch.device(args.device))
+        print(f"decoding (512x512 JPEG, training augmentation): {per_worker:.1f} images/s per "
+              f"worker; the fastest variant takes {needed:.1f} images/s, so "
+              f"{needed / per_worker:.1f} workers; `aidetect train` starts {workers} here")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ TRAIN_OPTIONS = (
     "--data", "--out", "--backbone", "--pretrained", "--probe-epochs", "--epochs",
     "--batch-size", "--lr", "--lora-rank", "--lora-alpha", "--lora-dropout", "--align-weight",
     "--seed", "--device", "--workers", "--save-every", "--resume", "--val", "--captions",
-    "--classes", "--blur-prob", "--blur-range", "--jpeg-prob", "--jpeg-range",
+    "--classes", "--blur-prob", "--blur-range", "--jpeg-prob", "--jpeg-range", "--precision",
+    "--checkpointing",
 )
 
 
@@ -38,6 +39,7 @@ def test_help_lists_every_option_and_examples(capsys):
     assert "--blur-sigma" in out and "--format" in out
     code, out, _ = _run(["finetune", "--help"], capsys)
     assert code == 0 and "--weights" in out and "aidetect finetune" in out
+    assert "--precision" in out and "--checkpointing" in out
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +162,103 @@ def test_finetune_command(cli_run, tmp_path, capsys):
     assert code == 0, err
     assert (tmp_path / "ft" / "model.safetensors").is_file()
     assert str(root / "run") in (tmp_path / "ft" / "README.md").read_text()
+
+
+# --- hostile names, refused overwrites, defaults and calibration counts (issue 14) -----------
+HOSTILE = ("x[/]y.png", "[draft] cat.png", "x\x1b[2J\x1b[31mFAKE.png")
+
+
+def test_hostile_names_of_unreadable_training_images_are_shown_as_they_are(
+    tmp_path, tiny_local_dir, capsys
+):
+    data = write_labelled_folder(tmp_path / "data", n=2)
+    for name in HOSTILE:  # x[/]y.png: the file ]y.png in a folder x[
+        (data / "1_fake" / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / "1_fake" / name).write_bytes(b"not an image")
+    code, out, err = _run([
+        "train", "--data", str(data), "--out", str(tmp_path / "run"), "--backbone",
+        tiny_local_dir, "--pretrained", "none", "--probe-epochs", "1", "--epochs", "0",
+        "--batch-size", "4", "--device", "cpu", "--workers", "0", "--quiet",
+    ], capsys)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: skipping")]
+    assert len(warnings) == 3
+    assert any("1_fake/x[/]y.png: " in line for line in warnings)  # no MarkupError
+    assert any("1_fake/[draft] cat.png: " in line for line in warnings)
+    assert any("1_fake/x\\x1b[2J\\x1b[31mFAKE.png: " in line for line in warnings)
+    assert "\x1b" not in err  # no escape sequence reaches the terminal
+    assert "3 unreadable training images were skipped" in err
+
+
+def test_train_refuses_an_out_folder_holding_other_files(tmp_path, tiny_local_dir, capsys):
+    data = write_labelled_folder(tmp_path / "data", n=2)
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "README.md").write_text("my own notes\n")
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "proj"), "--backbone",
+            tiny_local_dir, "--pretrained", "none", "--probe-epochs", "1", "--epochs", "0",
+            "--batch-size", "4", "--device", "cpu", "--workers", "0"]
+    code, out, err = _run(args, capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"aidetect: error: --out {tmp_path / 'proj'} holds files this run "
+                          "did not write (README.md)")
+    assert (tmp_path / "proj" / "README.md").read_text() == "my own notes\n"
+    assert sorted(p.name for p in (tmp_path / "proj").iterdir()) == ["README.md"]
+
+
+def test_eval_shows_hostile_subset_names_as_they_are(cli_run, tmp_path, capsys):
+    root, _ = cli_run
+    bench = tmp_path / "bench"
+    write_labelled_folder(bench / "[sdxl] turbo", n=2, seed=11)
+    write_labelled_folder(bench / "x\x1b[31mred", n=2, seed=12)
+    code, out, err = _run(["eval", "--weights", str(root / "run"), "--data", str(bench),
+                           "--device", "cpu", "--workers", "0", "--quiet"], capsys)
+    assert code == 0, err
+    assert "[sdxl] turbo" in out and "x\\x1b[31mred" in out and "\x1b" not in out
+
+
+def test_eval_weights_default_to_the_univfd_preset(cli_run, tmp_path, capsys, monkeypatch):
+    from aidetect import hub
+
+    root, _ = cli_run
+    asked = []
+    real_load = hub.load_detector
+
+    def load(reference, *, device="cpu"):
+        asked.append(reference)
+        return real_load(str(root / "run"), device=device)  # univfd itself needs a download
+
+    monkeypatch.setattr(hub, "load_detector", load)
+    bench = write_labelled_folder(tmp_path / "bench" / "a", n=2).parent
+    code, out, err = _run(["eval", "--data", str(bench), "--device", "cpu", "--workers", "0",
+                           "--quiet", "--format", "json"], capsys)
+    assert code == 0, err
+    assert asked == ["univfd"]
+    report = json.loads(out)
+    # Named as in scan's report: the tool and its version.
+    assert report["tool"]["name"] == "aidetect" and report["tool"]["version"]
+    assert "aidetect_version" not in report
+
+
+def test_calibrate_says_how_many_real_images_the_threshold_rests_on(cli_run, tmp_path,
+                                                                   capsys):
+    import shutil
+
+    root, _ = cli_run
+    folder = tmp_path / "det"
+    shutil.copytree(root / "run", folder, ignore=shutil.ignore_patterns("train"))
+    bench = write_labelled_folder(tmp_path / "bench" / "a", n=10, seed=21).parent
+    base = ["eval", "--weights", str(folder), "--data", str(bench), "--device", "cpu",
+            "--workers", "0", "--format", "json"]
+    code, out, err = _run([*base, "--calibrate", "0.01"], capsys)
+    assert code == 0, err
+    assert "estimated from 10 real images" in err
+    assert ("warning: a 1.0% false-positive rate estimated from 10 real images is coarse: "
+            "1000 or more give it some precision") in err
+    assert json.loads(out)["calibrated"]["n_real"] == 10
+    assert "for a false-positive rate of at most 1.0% on 10 real images" in (
+        folder / "README.md").read_text()
+    # 20 real images are enough for a rate of 0.5 (10 / 0.5): no warning.
+    bench = write_labelled_folder(tmp_path / "bench2" / "a", n=20, seed=22).parent
+    base[4] = str(bench)
+    code, out, err = _run([*base, "--calibrate", "0.5"], capsys)
+    assert code == 0 and "estimated from 20 real images" in err and "warning" not in err

@@ -172,3 +172,29 @@ def test_lora_keeps_one_copy_of_its_input_and_bool_masks_for_backward(make_detec
     like_x = {t.untyped_storage().data_ptr(): t.dtype for t in saved if t.shape == x.shape}
     # Plain autograd through three dropouts keeps six float tensors the size of x (on CPU).
     assert Counter(like_x.values()) == Counter({torch.bool: 3, torch.float32: 1})
+
+
+def test_under_bf16_autocast_lora_runs_in_bf16_and_its_gradients_are_fp32(make_detector):
+    # Mixed-precision training: the factors (trainable) stay fp32 and get fp32 gradients, the
+    # branch computes in autocast's dtype like the frozen projection next to it, and the
+    # result stays close to the same step in fp32 (without dropout: bf16 draws its masks
+    # from the same stream, but not the same masks).
+    detector = make_detector(lora_rank=6, lora_dropout=0.0)
+    _randomise_lora(detector)
+    layer = lora_modules(detector)[0].train()
+    params = lora_parameters(layer)
+    inputs = torch.randn(2, 5, layer.embed_dim, generator=torch.Generator().manual_seed(4))
+    results = []
+    for autocast in (False, True):
+        x = inputs.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = layer(x, x, x)[0]
+        grads = torch.autograd.grad((out.float() ** 2).sum(), [x, *params])
+        results.append((out, grads))
+    (ref_out, ref_grads), (out, grads) = results
+    assert out.dtype == torch.bfloat16 and all(p.dtype == torch.float32 for p in params)
+    assert all(g.dtype == torch.float32 for g in grads)  # x's and the factors'
+    torch.testing.assert_close(out.float(), ref_out, rtol=5e-2, atol=5e-2)
+    for grad, ref in zip(grads, ref_grads, strict=True):
+        scale = ref.abs().max()
+        assert (grad - ref).abs().max() <= 5e-2 * scale  # bf16 keeps 8 bits of mantissa

@@ -125,3 +125,35 @@ def test_align_weight_scales_the_alignment_term(align_weight):
                    student_head=student_head, teacher_head=teacher_head, text_head=text_head,
                    align_weight=align_weight)
     torch.testing.assert_close(out.total.detach(), out.image + out.text + align_weight * out.align)
+
+
+def _loss_and_grads(student_dtype=torch.float32, autocast: bool = False):
+    student_head, teacher_head, text_head = _heads(0)
+    x, weight, teacher, text, labels = _batch(1)
+    student = (x @ weight).to(student_dtype)  # (B, D), as the encoder gives it
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = dgs_loss(
+            student=student, teacher=teacher.to(student_dtype), text=text, labels=labels,
+            student_head=student_head, teacher_head=teacher_head, text_head=text_head,
+        )
+    out.total.backward()
+    grads = [weight.grad, *(p.grad for h in (student_head, text_head) for p in h.parameters())]
+    return out, grads
+
+
+def test_under_autocast_the_loss_is_computed_in_fp32():
+    reference, ref_grads = _loss_and_grads()
+    # fp32 features under bf16 autocast: the loss runs with autocast off, so it is the fp32
+    # result exactly (tolerance 0).
+    out, grads = _loss_and_grads(autocast=True)
+    assert out.total.dtype == torch.float32 and out.image.dtype == torch.float32
+    assert torch.equal(out.total, reference.total)
+    assert all(torch.equal(g, r) for g, r in zip(grads, ref_grads, strict=True))
+    # bf16 features (what the autocast encoder gives): only their rounding differs, so the
+    # loss and the gradients equal the fp32 ones within 1e-2 (bf16: 8 bits of mantissa).
+    out, grads = _loss_and_grads(torch.bfloat16, autocast=True)
+    assert out.total.dtype == torch.float32
+    torch.testing.assert_close(out.total, reference.total, rtol=1e-2, atol=1e-2)
+    for grad, ref in zip(grads, ref_grads, strict=True):
+        assert grad.dtype == torch.float32
+        torch.testing.assert_close(grad, ref, rtol=1e-2, atol=1e-2)

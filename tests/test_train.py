@@ -146,12 +146,12 @@ def test_existing_run_needs_resume_and_resume_needs_same_settings(trained, tmp_p
 
 
 def test_out_of_memory_suggests_a_smaller_batch(tmp_path, tiny_local_dir, monkeypatch):
-    from aidetect import train
+    from aidetect import trainer
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(train.Trainer, "_stage1_step", out_of_memory)
+    monkeypatch.setattr(trainer.Trainer, "_stage1_step", out_of_memory)
     data = write_labelled_folder(tmp_path / "data", n=2)
     job = TrainJob(data=data, out=tmp_path / "run", backbone=tiny_local_dir, pretrained=None,
                    config=TrainConfig(batch_size=4), device="cpu", workers=0)
@@ -233,3 +233,137 @@ def test_zero_dgs_epochs_keeps_the_trained_probe(tmp_path, tiny_local_dir):
     probe = checkpoint["state"]["head"]  # the stage-1 head as trained
     assert torch.equal(saved["head.weight"], probe["weight"])
     assert "text_head" not in checkpoint["state"]  # stage 2 never set up
+
+
+# --- mixed precision (bf16 autocast on CPU runs the code path CUDA takes) --------------------
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(steps: int):
+    """An event handler that interrupts the run after `steps` steps (as Ctrl-C would)."""
+    seen = []
+
+    def on_event(event) -> None:
+        if isinstance(event, StepEnd):
+            seen.append(event)
+            if len(seen) == steps:
+                raise _Stop
+
+    return on_event
+
+
+@pytest.fixture(scope="module")
+def trained_bf16(tmp_path_factory, tiny_local_dir):
+    root = tmp_path_factory.mktemp("bf16")
+    data = write_labelled_folder(root / "data", n=16)
+    val = write_labelled_folder(root / "val", n=8, seed=7)
+    job = TrainJob(data=data, out=root / "run", config=FAST, backbone=tiny_local_dir,
+                   pretrained=None, val=val, device="cpu", workers=0, save_every=5,
+                   precision="bf16")
+    return root, job, run_training(job)
+
+
+def test_bf16_autocast_learns_the_planted_artifact(trained_bf16):
+    _, _, result = trained_bf16
+    final = result.validation[-1]
+    assert (final["stage"], final["epoch"]) == (2, FAST.epochs - 1)
+    assert final["ap"] >= 0.9 and final["acc"] >= 0.75
+
+
+def test_bf16_run_keeps_trainable_parameters_and_optimiser_state_in_fp32(trained_bf16):
+    root, _, _ = trained_bf16
+    checkpoint = torch.load(root / "run" / "train" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["recipe"]["precision"] == "bf16"
+    assert checkpoint["scaler"] is None  # bf16 needs no loss scaling
+    state = checkpoint["state"]
+    tensors = [*state["lora"].values(), *(t for k in ("head", "text_head", "probe_head")
+                                          for t in state[k].values())]
+    assert len(state["lora"]) > 0 and all(t.dtype == torch.float32 for t in tensors)
+    moments = [t for s in checkpoint["optimizer"]["state"].values() for k, t in s.items()
+               if k in ("exp_avg", "exp_avg_sq")]
+    assert moments and all(t.dtype == torch.float32 for t in moments)
+    saved = load_file(root / "run" / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in saved.values())
+    # The card and every step of the log say which precision trained it.
+    assert "| precision | bf16 autocast (LoRA, heads" in (root / "run" / "README.md").read_text()
+    lines = [json.loads(x) for x in (root / "run" / "train" / "metrics.jsonl").open()]
+    assert {x["precision"] for x in lines if "loss" in x} == {"bf16"}
+
+
+def test_a_bf16_checkpoint_resumes_to_the_uninterrupted_weights(trained_bf16, tmp_path):
+    root, job, _ = trained_bf16
+    import dataclasses
+
+    interrupted = dataclasses.replace(job, out=tmp_path / "run")
+    with pytest.raises(_Stop):
+        run_training(interrupted, on_event=_stop_after(23))  # in stage 2 (steps 17-40)
+    checkpoint = torch.load(tmp_path / "run" / "train" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["global_step"] == 20 and not checkpoint["finished"]
+    # Resuming in another precision would not continue the same run: refused.
+    with pytest.raises(UsageError, match="precision 'fp32' \\(checkpoint: 'bf16'\\)"):
+        run_training(dataclasses.replace(interrupted, resume=True, precision="fp32"))
+    resumed = run_training(dataclasses.replace(interrupted, resume=True))
+    assert resumed.global_step == (2 + 3) * 8
+    expected = load_file(root / "run" / "model.safetensors")
+    weights = load_file(tmp_path / "run" / "model.safetensors")
+    # On CPU, bf16 autocast is as deterministic as fp32: the same weights, bit for bit.
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+
+
+def test_fp16_scales_the_loss_and_checkpoints_the_scaler(tmp_path, tiny_local_dir):
+    data = write_labelled_folder(tmp_path / "data", n=4)
+    config = TrainConfig(probe_epochs=1, epochs=1, batch_size=4, lr=1e-2)
+    job = TrainJob(data=data, out=tmp_path / "run", config=config, backbone=tiny_local_dir,
+                   pretrained=None, device="cpu", workers=0, precision="fp16")
+    run_training(job)
+    checkpoint = torch.load(tmp_path / "run" / "train" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["recipe"]["precision"] == "fp16"
+    assert checkpoint["scaler"]["scale"] > 0  # the GradScaler's state, for an exact resume
+    assert "fp16 autocast, loss scaling" in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_activation_checkpointing_gives_the_same_weights(tmp_path, tiny_local_dir,
+                                                        monkeypatch):
+    # Recomputing the blocks in backward (with the same dropout masks) changes nothing else.
+    import open_clip.transformer
+
+    calls = []
+    checkpoint = open_clip.transformer.checkpoint
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(open_clip.transformer, "checkpoint", counted)
+    data = write_labelled_folder(tmp_path / "data", n=4)
+    config = TrainConfig(probe_epochs=1, epochs=1, batch_size=4, lr=1e-2)
+    outs = []
+    for checkpointing in (False, True):
+        out = tmp_path / f"run{int(checkpointing)}"
+        run_training(TrainJob(data=data, out=out, config=config, backbone=tiny_local_dir,
+                              pretrained=None, device="cpu", workers=0,
+                              checkpointing=checkpointing))
+        outs.append(load_file(out / "model.safetensors"))
+        assert bool(calls) == checkpointing  # the blocks went through torch's checkpoint
+    assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+
+
+def test_unknown_precision_is_a_usage_error(tmp_path, tiny_local_dir):
+    data = write_labelled_folder(tmp_path / "data", n=2)
+    job = TrainJob(data=data, out=tmp_path / "run", backbone=tiny_local_dir, pretrained=None,
+                   device="cpu", workers=0, precision="fp8")
+    with pytest.raises(UsageError, match="--precision fp8"):
+        run_training(job)
+    assert not (tmp_path / "run").exists()
+
+
+def test_decoding_workers_scale_with_the_cores_on_a_gpu(monkeypatch):
+    from aidetect import devices
+
+    monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert devices.train_workers(torch.device("cuda")) == 15  # all cores but the trainer's
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: four ranks share the cores
+    assert devices.train_workers(torch.device("cuda")) == 3
+    assert devices.train_workers(torch.device("cpu")) == devices.default_workers() == 4

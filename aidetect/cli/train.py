@@ -1,12 +1,12 @@
-"""`aidetect train`, `aidetect finetune` and `aidetect eval`: option parsing and rendering.
+"""`aidetect train` and `aidetect finetune`: option parsing and rendering.
 
-The engine (aidetect.train, aidetect.evaluate) does the work and reports through events; this
-module draws the progress bars on stderr and writes reports to stdout or a file.
+The engine (aidetect.train) does the work and reports through events; this module draws the
+progress bars and log lines on stderr. File names in them go through `terminal_safe` and
+Rich's `escape`: a name is shown as it is, never read as markup or terminal codes.
 """
 
 from __future__ import annotations
 
-import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -16,12 +16,12 @@ import typer
 from aidetect.cli.app import app, interruptions
 from aidetect.cli.options import (
     DeviceOption,
-    OutputOption,
     QuietOption,
     WeightsOption,
     WorkersOption,
 )
 from aidetect.config import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, LoraConfig, TrainConfig
+from aidetect.text import percent, terminal_safe
 
 _T = TrainConfig()
 _L = LoraConfig()
@@ -48,20 +48,6 @@ Examples:
   aidetect finetune --weights runs/exp1 --data NEWGEN --out runs/exp2
 
   aidetect finetune --weights runs/exp1 --data NEWGEN --out runs/exp2 --resume
-"""
-
-EVAL_EXAMPLES = """
-Examples:
-
-  aidetect eval --weights runs/exp2 --data BENCH
-
-  aidetect eval --weights runs/exp2 --data BENCH --format json --output eval.json
-
-  aidetect eval --weights runs/exp2 --data BENCH --jpeg-quality 75 --blur-sigma 1
-
-  aidetect eval --weights runs/exp2 --data BENCH --calibrate 0.01   # store the 1%-FPR threshold
-
-BENCH holds one folder per subset, each with 0_real/ and 1_fake/ (or <class>/0_real, 1_fake).
 """
 
 # --- options ---------------------------------------------------------------------------------
@@ -117,6 +103,22 @@ BlurRangeOption = Annotated[
 JpegProbOption = Annotated[
     float, typer.Option("--jpeg-prob", min=0.0, max=1.0,
                         help="Probability of JPEG re-compression.")
+]
+class TrainPrecision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+PrecisionOption = Annotated[
+    TrainPrecision,
+    typer.Option("--precision", help="auto: bf16 autocast on CUDA from Ampere on, fp16 with loss "
+                 "scaling before, fp32 on CPU. LoRA, heads, optimiser and loss stay fp32."),
+]
+CheckpointingOption = Annotated[
+    bool, typer.Option("--checkpointing", help="Recompute the image tower's activations in "
+                       "backward: less memory, about a third more time per stage-2 step.")
 ]
 JpegRangeOption = Annotated[
     tuple[int, int],
@@ -175,13 +177,16 @@ class _TrainDisplay:
     def __call__(self, event) -> None:
         import time
 
+        from rich.markup import escape
+
         from aidetect.train import EpochEnd, EpochStart, Note, StepEnd
 
         if isinstance(event, Note):
+            message = escape(terminal_safe(event.message))  # it holds file names
             if event.warning:
-                self.progress.console.print(f"[yellow]warning:[/] {event.message}")
+                self.progress.console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
             elif not self.quiet:
-                self.progress.console.print(event.message)
+                self.progress.console.print(message, soft_wrap=True)
         elif isinstance(event, EpochStart):
             if self.task is None:
                 self.progress.start()
@@ -200,16 +205,14 @@ class _TrainDisplay:
             v = event.val
             self.progress.console.print(
                 f"validation after stage {event.stage} epoch {event.epoch + 1}: "
-                f"acc {_pct(v['acc'])}, AP {_pct(v['ap'])}, real acc {_pct(v['r_acc'])}, "
-                f"fake acc {_pct(v['f_acc'])}"
+                f"acc {percent(v['acc'])}, AP {percent(v['ap'])}, real acc {percent(v['r_acc'])}, "
+                f"fake acc {percent(v['f_acc'])}"
             )
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
-
-
 def _run_job(job, quiet: bool) -> None:
+    from rich.markup import escape
+
     from aidetect.cli.console import err_console
     from aidetect.train import run_training
 
@@ -218,7 +221,8 @@ def _run_job(job, quiet: bool) -> None:
         result = run_training(job, on_event=display)
     if not quiet and not result.already_finished and result.main_process:
         skipped = f"; {len(result.skipped)} unreadable images skipped" if result.skipped else ""
-        err_console.print(f"detector written to {result.out} ({result.global_step} steps{skipped})")
+        err_console.print(f"detector written to {escape(terminal_safe(str(result.out)))} "
+                          f"({result.global_step} steps{skipped})", soft_wrap=True)
 
 
 def _train_config(**values) -> TrainConfig:
@@ -267,6 +271,8 @@ def train_command(
     blur_range: BlurRangeOption = _T.blur_sigma,
     jpeg_prob: JpegProbOption = _T.jpeg_prob,
     jpeg_range: JpegRangeOption = _T.jpeg_quality,
+    precision: PrecisionOption = TrainPrecision.auto,
+    checkpointing: CheckpointingOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Train a detector with the DGS-Net recipe: linear probe, then LoRA with gradient surgery."""
@@ -281,7 +287,8 @@ def train_command(
     job = TrainJob(
         data=data, out=out, config=config, backbone=backbone, pretrained=_pretrained(pretrained),
         classes=_classes(classes), captions=captions, val=val, device=device, workers=workers,
-        save_every=save_every, resume=resume,
+        save_every=save_every, resume=resume, precision=precision.value,
+        checkpointing=checkpointing,
     )
     _run_job(job, quiet)
 
@@ -310,6 +317,8 @@ def finetune_command(
     blur_range: BlurRangeOption = _T.blur_sigma,
     jpeg_prob: JpegProbOption = _T.jpeg_prob,
     jpeg_range: JpegRangeOption = _T.jpeg_quality,
+    precision: PrecisionOption = TrainPrecision.auto,
+    checkpointing: CheckpointingOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Teach an existing detector new generators: DGS stage 2 with the old detector as teacher."""
@@ -324,169 +333,6 @@ def finetune_command(
     job = TrainJob(
         data=data, out=out, config=config, weights=weights, classes=_classes(classes),
         captions=captions, val=val, device=device, workers=workers, save_every=save_every,
-        resume=resume,
+        resume=resume, precision=precision.value, checkpointing=checkpointing,
     )
     _run_job(job, quiet)
-
-
-# --- eval ------------------------------------------------------------------------------------
-class EvalFormat(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-
-
-def _render_table(report, console) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"threshold {report.threshold:.6g}", title_justify="left")
-    for column in ("subset", "acc", "AP", "real acc", "fake acc", "real", "fake"):
-        table.add_column(column, justify="left" if column == "subset" else "right")
-    for result in report.subsets:
-        s = result.scores
-        table.add_row(result.name, _pct(s.acc), _pct(s.ap), _pct(s.r_acc), _pct(s.f_acc),
-                      str(s.n_real), str(s.n_fake))
-    m = report.mean
-    table.add_section()
-    table.add_row("mean", _pct(m["acc"]), _pct(m["ap"]), _pct(m["r_acc"]), _pct(m["f_acc"]),
-                  str(sum(r.scores.n_real for r in report.subsets)),
-                  str(sum(r.scores.n_fake for r in report.subsets)))
-    console.print(table)
-    for c in report.calibration:
-        console.print(
-            f"threshold for {c.fpr:.0%} false positives: {c.threshold:.6g} "
-            f"(real flagged {_pct(c.observed_fpr)}, fake detected {_pct(c.tpr)}, "
-            f"{c.n_real} real images)"
-        )
-    if report.failures:
-        console.print(f"[yellow]{len(report.failures)} unreadable images skipped[/]")
-
-
-def _csv_text(report) -> str:
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["name", "acc", "ap", "r_acc", "f_acc", "n_real", "n_fake"])
-    for result in report.subsets:
-        row = result.to_dict()
-        writer.writerow([row[k] for k in ("name", "acc", "ap", "r_acc", "f_acc", "n_real",
-                                          "n_fake")])
-    m = report.mean
-    writer.writerow(["mean", m["acc"], m["ap"], m["r_acc"], m["f_acc"],
-                     sum(r.scores.n_real for r in report.subsets),
-                     sum(r.scores.n_fake for r in report.subsets)])
-    return buffer.getvalue()
-
-
-@app.command("eval", epilog=EVAL_EXAMPLES)
-def eval_command(
-    weights: WeightsOption,
-    data: Annotated[
-        Path, typer.Option("--data", help="Benchmark folder: BENCH/<subset>/{0_real,1_fake}.",
-                           show_default=False)
-    ],
-    format: Annotated[
-        EvalFormat, typer.Option("--format", "-f", help="Report format.")
-    ] = EvalFormat.table,
-    output: OutputOption = None,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")
-    ] = 32,
-    workers: WorkersOption = None,
-    device: DeviceOption = "auto",
-    jpeg_quality: Annotated[
-        int | None, typer.Option("--jpeg-quality", min=1, max=100,
-                                 help="Re-compress every input as JPEG at this quality.")
-    ] = None,
-    blur_sigma: Annotated[
-        float | None, typer.Option("--blur-sigma", min=0.0,
-                                   help="Gaussian-blur every input with this sigma (px).")
-    ] = None,
-    calibrate: Annotated[
-        float | None,
-        typer.Option("--calibrate", min=0.0, max=0.5,
-                     help="Write the threshold giving this false-positive rate on the real "
-                     "images seen (e.g. 0.01) into the detector folder's config."),
-    ] = None,
-    quiet: QuietOption = False,
-) -> None:
-    """Accuracy and AP per benchmark subset, with calibration thresholds for 1% and 5% FPR."""
-    import json
-    import sys
-
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from aidetect.atomic import atomic_write_text
-    from aidetect.cli.console import err_console
-    from aidetect.devices import resolve_device
-    from aidetect.errors import UsageError
-    from aidetect.evaluate import evaluate, write_threshold
-    from aidetect.hub import load_detector
-    from aidetect.metrics import CALIBRATION_FPRS
-
-    torch_device = resolve_device(device)
-    loaded = load_detector(weights, device=str(torch_device))
-    if calibrate is not None and loaded.source != "folder":
-        raise UsageError(
-            f"--calibrate writes into a local detector folder, and {weights} is a "
-            f"{loaded.source} reference: save a local copy of it (a folder with config.json and "
-            "model.safetensors) and pass that folder to --weights"
-        )
-    extra = [calibrate] if calibrate is not None else []  # 0 is a rate too
-    fprs = tuple(dict.fromkeys([*CALIBRATION_FPRS, *extra]))
-    with interruptions(), Progress(TextColumn("{task.description}"), BarColumn(),
-                                   MofNCompleteColumn(), console=err_console, disable=quiet,
-                                   transient=True) as progress:
-        tasks: dict[str, int] = {}
-
-        def on_progress(event) -> None:
-            if event.subset not in tasks:
-                tasks[event.subset] = progress.add_task(event.subset, total=event.total)
-            progress.advance(tasks[event.subset], event.images)
-
-        report = evaluate(
-            loaded.detector, data, device=torch_device, batch_size=batch_size, workers=workers,
-            jpeg_quality=jpeg_quality, blur_sigma=blur_sigma, fprs=fprs, on_progress=on_progress,
-        )
-    for failure in report.failures:
-        err_console.print(f"[yellow]warning:[/] skipped {escape(str(failure.path))}: "
-                          f"{escape(failure.reason)}", soft_wrap=True)
-    model = {"reference": loaded.reference, "source": loaded.source, "path": loaded.path,
-             "sha256": loaded.sha256, "revision": loaded.revision}
-    document = report.to_dict(model)
-    if calibrate is not None:
-        chosen = next(c for c in report.calibration if c.fpr == calibrate)
-        write_threshold(loaded.path, chosen.threshold, fpr=calibrate, calibration=chosen,
-                        data=str(data))
-        document["calibrated"] = {"fpr": calibrate, "threshold": chosen.threshold,
-                                  "written_to": str(Path(loaded.path) / "config.json")}
-        if not quiet:
-            err_console.print(f"threshold {chosen.threshold:.6g} ({calibrate:.1%} false "
-                              f"positives) written to {Path(loaded.path) / 'config.json'}")
-
-    if format is EvalFormat.table:
-        if output is None:
-            from rich.console import Console
-
-            _render_table(report, Console(highlight=False))
-        else:
-            import io
-
-            from rich.console import Console
-
-            buffer = io.StringIO()
-            _render_table(report, Console(file=buffer, width=120, highlight=False,
-                                          color_system=None))
-            atomic_write_text(output, buffer.getvalue())
-        return
-    if not quiet:
-        _render_table(report, err_console)
-    text = (json.dumps(document, indent=2) + "\n" if format is EvalFormat.json
-            else _csv_text(report))
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        atomic_write_text(output, text)
