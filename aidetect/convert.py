@@ -294,7 +294,7 @@ def convert_dgs_net(source: str | Path, out: str | Path, *, lora_alpha: float = 
 
 
 def _write_detector(detector: Any, out: str | Path, *, single_file: bool, card: str) -> None:
-    from aidetect.hub import save_single_file
+    from aidetect.loading import save_single_file
 
     if single_file:
         save_single_file(detector, out)

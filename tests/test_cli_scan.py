@@ -276,11 +276,11 @@ def test_a_failure_mid_scan_keeps_the_partial_report(capsys, photos, detector_di
 
 def test_ctrl_c_before_the_scan_exits_130_with_one_line(capsys, photos, detector_dir,
                                                         monkeypatch):
-    import aidetect.hub
+    import aidetect.loading
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(aidetect.hub, "load_detector", interrupted)
+    monkeypatch.setattr(aidetect.loading, "load_detector", interrupted)
     code, out, err = scan(capsys, str(photos), "-w", str(detector_dir))
     assert (code, out, err) == (130, "", "aidetect: error: interrupted\n")

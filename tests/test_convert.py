@@ -107,7 +107,7 @@ def checkpoint_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_dgs_net_conversion_matches_direct_computation(tmp_path: Path, merged: bool) -> None:
     from aidetect.config import DGS_PREPROCESS
     from aidetect.convert import convert_checkpoint
-    from aidetect.hub import load_detector
+    from aidetect.loading import load_detector
 
     state = authors_checkpoint(merged=merged, seed=int(merged))
     source = tmp_path / "model_epoch_step2.pth"
@@ -138,7 +138,7 @@ def test_dgs_net_conversion_matches_direct_computation(tmp_path: Path, merged: b
 def test_converted_folder_loads_without_open_clip_registry(checkpoint_file: Path,
                                                           tmp_path: Path) -> None:
     from aidetect.convert import convert_checkpoint
-    from aidetect.hub import load_detector
+    from aidetect.loading import load_detector
 
     convert_checkpoint(checkpoint_file, tmp_path / "out")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -151,7 +151,7 @@ def test_converted_folder_loads_without_open_clip_registry(checkpoint_file: Path
 
 def test_single_file_output_scores_like_the_folder(checkpoint_file: Path, tmp_path: Path) -> None:
     from aidetect.convert import convert_checkpoint
-    from aidetect.hub import load_detector
+    from aidetect.loading import load_detector
 
     convert_checkpoint(checkpoint_file, tmp_path / "folder")
     convert_checkpoint(checkpoint_file, tmp_path / "one.safetensors", single_file=True)
@@ -212,7 +212,7 @@ def test_head_only_folder_builds_its_tower_from_the_pretrained_weights(
     import open_clip
     from safetensors.torch import save_file
 
-    from aidetect.hub import load_detector
+    from aidetect.loading import load_detector
 
     torch.manual_seed(0)
     clip = open_clip.create_model(tiny_backbone, pretrained=None)

@@ -170,7 +170,7 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     from aidetect.data import find_images
     from aidetect.devices import resolve_device
     from aidetect.errors import EXIT_AI_FOUND, EXIT_INCOMPLETE, EXIT_OK, AidetectError
-    from aidetect.hub import load_detector
+    from aidetect.loading import load_detector
     from aidetect.report import needs_thumbnails, open_report, summary_line
     from aidetect.results import ModelInfo, ScanInfo
     from aidetect.scan import Scanner
