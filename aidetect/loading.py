@@ -143,19 +143,22 @@ def _weights_name() -> str:
 
 # --- local folders and single files ------------------------------------------------------------
 def check_config(config: dict[str, Any], source: str) -> None:
-    """Refuse configs that are not a detector's, or come from a newer aidetect, in one line."""
+    """Refuse configs that are not a detector's, come from a newer aidetect, or hold a wrongly
+    typed field (`aidetect.saved_config`), in one line naming `source`."""
     from aidetect import __version__
     from aidetect.config import FORMAT_VERSION
+    from aidetect.saved_config import check_saved_config
 
     if not isinstance(config, dict) or "backbone" not in config:
         raise WeightsError(f"{source}: not an aidetect detector config (no 'backbone')")
     version = config.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, int) and version > FORMAT_VERSION:
         raise WeightsError(
             f"{source}: saved by a newer aidetect ({config.get('aidetect_version', '?')}, "
             f"format {version}; this aidetect {__version__} reads up to {FORMAT_VERSION}): "
             "upgrade aidetect (pip install -U aidetect)"
         )
+    check_saved_config(config, source)
 
 
 def load_folder(folder: Path, *, device: str):
