@@ -284,3 +284,16 @@ def test_ctrl_c_before_the_scan_exits_130_with_one_line(capsys, photos, detector
     monkeypatch.setattr(aidetect.loading, "load_detector", interrupted)
     code, out, err = scan(capsys, str(photos), "-w", str(detector_dir))
     assert (code, out, err) == (130, "", "aidetect: error: interrupted\n")
+
+
+def test_csv_report_guards_a_formula_file_name(capsys, tmp_path, detector_dir, monkeypatch):
+    from conftest import random_image
+
+    name = '=HYPERLINK("evil.example","click").png'
+    random_image(64, 64).save(tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = scan(capsys, name, "-w", str(detector_dir), "-f", "csv")
+    rows = list(csv.DictReader(io.StringIO(out, newline="")))
+    assert code == 0 and [row["path"] for row in rows] == ["'" + name]
+    code, out, _ = scan(capsys, name, "-w", str(detector_dir), "-f", "jsonl")
+    assert json.loads(out.splitlines()[0])["path"] == name  # JSONL: the exact name

@@ -236,6 +236,29 @@ def test_csv_has_the_result_columns_and_one_row_per_file(results) -> None:
     assert rows[2]["score"] == "" and rows[2]["error"] == "cannot decode: truncated file"
 
 
+def test_csv_guards_cells_a_spreadsheet_would_run_as_formulas() -> None:
+    names = ['=HYPERLINK("evil.example","click").png', "+1.png", "-x.png", "@SUM(A1).png",
+             "\tx.png", "\rx.png", "plain.png", "a=b.png"]
+    results = [_scored(name, 0.9) for name in names]
+    results[0].logit = -3.5  # a negative number stays a number
+    results.append(ImageResult(path="e.png", error="=cmd|' /C calc'!A0"))
+    info = _info(results)
+    rows = list(csv.DictReader(io.StringIO(_write("csv", results, info), newline="")))
+    assert [row["path"] for row in rows] == [
+        "'" + n if n[0] in "=+-@\t\r" else n for n in names] + ["e.png"]
+    assert rows[0]["logit"] == "-3.5" and rows[-1]["error"] == "'=cmd|' /C calc'!A0"
+    document = json.loads(_write("json", results, info))  # JSON keeps the exact strings
+    assert [r["path"] for r in document["results"]][:len(names)] == names
+
+
+def test_spreadsheet_cell_leaves_numbers_and_plain_text() -> None:
+    from aidetect.text import spreadsheet_cell, spreadsheet_row
+
+    assert spreadsheet_cell(-1.5) == -1.5 and spreadsheet_cell(0) == 0
+    assert spreadsheet_cell("") == "" and spreadsheet_cell("mean") == "mean"
+    assert spreadsheet_row(["-sdxl", 0.5, -2]) == ["'-sdxl", 0.5, -2]
+
+
 # --- table -----------------------------------------------------------------------------------
 
 
