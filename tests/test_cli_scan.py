@@ -89,8 +89,10 @@ def test_json_report_has_every_file_once_and_fits_its_schema(capsys, photos, det
     assert errors["empty.png"] == "empty file" and "truncated" in errors["truncated.jpg"]
     assert "--max-pixels" in errors["bomb.png"] and "not a supported" in errors["text.jpg"]
     counts = report["counts"]
-    assert counts == {"total": 18, "scanned": 11, "ai_generated": counts["ai_generated"],
+    assert counts == {"found": 18, "total": 18, "scanned": 11,
+                      "ai_generated": counts["ai_generated"],
                       "real": 11 - counts["ai_generated"], "errors": 7}
+    assert report["complete"] is True and report["all_scored"] is False  # 7 errors: exit 3
     modes = {Path(r["path"]).name: (r["format"], r["mode"]) for r in report["results"]}
     assert modes["cmyk.jpg"] == ("JPEG", "CMYK") and modes["deep.png"][1].startswith("I")
     assert modes["palette.gif"] == ("GIF", "P") and modes["gray.tiff"] == ("TIFF", "L")
@@ -200,7 +202,10 @@ def test_ctrl_c_writes_the_partial_report_marked_incomplete(capsys, photos, dete
     code, _, err = scan(capsys, str(photos), "-w", str(detector_dir), "-o", str(output))
     report = json.loads(output.read_text())
     assert code == 130 and report["complete"] is False and len(report["results"]) == 2
-    assert "(incomplete)" in err
+    assert report["all_scored"] is False
+    found = report["counts"]["found"]
+    assert found > 2 and report["counts"]["total"] == 2  # what was found, what was scanned
+    assert f"(incomplete: interrupted after 2 of {found} files found)" in err
 
 
 def test_table_on_a_terminal_lists_ai_first(capsys, photos, detector_dir, monkeypatch):

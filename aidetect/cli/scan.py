@@ -169,7 +169,13 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     from aidetect.cli.console import err_console
     from aidetect.data import find_images
     from aidetect.devices import resolve_device
-    from aidetect.errors import EXIT_AI_FOUND, EXIT_INCOMPLETE, EXIT_OK, AidetectError
+    from aidetect.errors import (
+        EXIT_AI_FOUND,
+        EXIT_INCOMPLETE,
+        EXIT_INTERRUPTED,
+        EXIT_OK,
+        AidetectError,
+    )
     from aidetect.loading import load_detector
     from aidetect.report import needs_thumbnails, open_report, summary_line
     from aidetect.results import ModelInfo, ScanInfo
@@ -197,6 +203,7 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
         if not candidates and not quiet:
             err_console.print(f"[yellow]warning:[/] no images found under "
                               f"{escape(', '.join(paths))}", soft_wrap=True)
+        info.counts.found = len(candidates)
         started = time.perf_counter()
         failure: BaseException | None = None
         try:
@@ -227,12 +234,10 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     if output is not None and not quiet:
         err_console.print(f"report written to {output}", soft_wrap=True, markup=False)
     if not info.complete:
-        return 130
+        return EXIT_INTERRUPTED
     if fail_on_ai and info.counts.ai_generated:
         return EXIT_AI_FOUND
-    if info.counts.errors or info.counts.total == 0:
-        return EXIT_INCOMPLETE
-    return EXIT_OK
+    return EXIT_OK if info.all_scored else EXIT_INCOMPLETE
 
 
 def _scan_failure(error: BaseException) -> BaseException:
