@@ -228,7 +228,7 @@ def test_help_documents_the_exit_codes():
     result = CliRunner().invoke(app, ["scan", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for text in ("--fail-on-ai", "--exclude", "--follow-symlinks", "--max-pixels",
-                 "Exit codes", "4 the weights cannot be obtained"):
+                 "Exit codes", "4    the weights cannot be obtained"):
         assert text in result.output
 
 

@@ -23,27 +23,30 @@ from aidetect.cli.options import (
 )
 from aidetect.config import DEFAULT_MAX_PIXELS
 
-SCAN_EXAMPLES = """
-Examples:
+# Click's help formatter re-wraps paragraphs to the terminal; "\b" keeps a block's lines as
+# they are (each under 80 columns).
+SCAN_EXAMPLES = """Examples:
 
-  aidetect scan ./photos                          # a table on a terminal
-
-  aidetect scan a.jpg dir/ more/                  # files and folders, mixed
-
-  find /data -name '*.png' | aidetect scan -      # paths from stdin
-
-  aidetect scan ./photos | jq .                   # piped: JSON Lines
-
+\b
+  aidetect scan ./photos                      # a table on a terminal
+  aidetect scan a.jpg dir/ more/              # files and folders, mixed
+  find /data -name '*.png' | aidetect scan -  # paths from stdin
+  aidetect scan ./photos | jq .               # piped: JSON Lines
   aidetect scan ./photos --format html --output report.html
+  aidetect scan ./photos --weights ./my-detector --threshold 0.7
+  aidetect scan ./photos --fail-on-ai         # exit 1 if an image is AI-made
 
-  aidetect scan ./photos --weights ./my-detector --device cuda --threshold 0.7
-
-  aidetect scan ./photos --fail-on-ai             # exit 1 if any image is AI-generated
-
-Exit codes: 0 every file scanned; 1 --fail-on-ai and an image judged AI-generated; 2 usage
-error (bad option, missing path, unavailable device); 3 incomplete (some files could not be
-scored, or none found); 4 the weights cannot be obtained or loaded; 130 interrupted (the report
-of what was scanned is still written, marked incomplete). 2 and 4 win over 1, and 1 over 3.
+\b
+Exit codes:
+  0    every file found was scored
+  1    --fail-on-ai was given and an image is judged AI-generated
+  2    usage error: bad option, missing path, unavailable device
+  3    not every file was scored: some could not be, or none were found
+  4    the weights cannot be obtained or loaded
+  70   internal error, a bug (AIDETECT_DEBUG=1 shows the traceback)
+  130  interrupted (Ctrl-C); the report of what was scanned is still written
+  141  the reader of stdout went away (aidetect scan ... | head)
+2 and 4 win over 1, and 1 over 3.
 """
 
 _EXTENSION_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
@@ -116,7 +119,11 @@ def scan_command(
                                 "elsewhere. int8: CPU only, never chosen by auto.")
     ] = Precision.auto,
 ) -> None:
-    """Score images: the probability that each was made by a generative model."""
+    """Score images: the probability that each is AI-generated.
+
+    The probability that each image was made by a generative model, with a verdict from the
+    detector's threshold.
+    """
     from aidetect.errors import UsageError
 
     if not paths:
