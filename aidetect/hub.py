@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,21 +74,38 @@ def offline_fix() -> str:
     return fix + ("; HF_HUB_OFFLINE is set" if hub_offline() else "")
 
 
-def fetch_hub_detector(repo_id: str, *, revision: str | None = None) -> tuple[Path, str | None]:
+def fetch_hub_detector(repo_id: str, *, revision: str | None = None,
+                       reference: str | None = None,
+                       on_download: Callable[[Any], None] | None = None
+                       ) -> tuple[Path, str | None]:
     """Download (or find in the cache) a detector repository's config and weights.
 
     Returns the snapshot folder and its commit. The weights are fetched at the commit the
-    config resolved to, so both files come from the same commit even if a branch moves.
+    config resolved to, so both files come from the same commit even if a branch moves. When
+    the Hub's host cannot be reached, a cached copy is used at once (no timeouts) and a missing
+    one fails at once; `on_download` hears of the weights' download before it starts.
     """
     from huggingface_hub import hf_hub_download
 
     from aidetect.config import CONFIG_NAME, WEIGHTS_NAME
+    from aidetect.downloads import hub_reachable, is_cached, plan_download
 
-    common = {"cache_dir": hub_cache_dir(), "local_files_only": hub_offline()}
+    offline = hub_offline()
+    if not offline and not hub_reachable():
+        # Plainly no network: what is cached is used as is; what is not raises
+        # LocalEntryNotFoundError at once, mapped to a one-line error.
+        offline = True
+    common = {"cache_dir": hub_cache_dir(), "local_files_only": offline}
     config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, **common))
     snapshot = config_file.parent
     commit = snapshot.name if _COMMIT.match(snapshot.name) else None
-    hf_hub_download(repo_id, WEIGHTS_NAME, revision=commit or revision, **common)
+    pinned = commit or revision
+    if not offline and not is_cached(repo_id, WEIGHTS_NAME, pinned):
+        download = plan_download(repo_id, [WEIGHTS_NAME], reference=reference or repo_id,
+                                 what="the detector's weights", revision=pinned)
+        if download is not None and on_download is not None:
+            on_download(download)
+    hf_hub_download(repo_id, WEIGHTS_NAME, revision=pinned, **common)
     return snapshot, commit
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aidetect.downloads import OnDownload
 from aidetect.errors import WeightsError, first_line
 from aidetect.hub import (
     REPO_ID,
@@ -104,23 +105,30 @@ def _split_revision(text: str) -> tuple[str, str | None]:
     return repo_id, (revision or None)
 
 
-def load_detector(reference: str, *, device: str = "cpu") -> LoadedDetector:
-    """Load the detector named by `reference` onto `device`, or raise `WeightsError`."""
+def load_detector(reference: str, *, device: str = "cpu",
+                  on_download: OnDownload | None = None) -> LoadedDetector:
+    """Load the detector named by `reference` onto `device`, or raise `WeightsError`.
+
+    `on_download` is called with each `Download` about to start (an open_clip tag's weights, a
+    Hub detector's weights), so that a CLI can say what is fetched and how big.
+    """
     ref = parse_reference(reference)
     with weights_errors(reference, hub=ref.kind == "hub"):
         if ref.kind == "preset":
-            return _load_preset(reference, device=device)
+            return _load_preset(reference, device=device, on_download=on_download)
         if ref.kind == "folder":
             folder = Path(ref.target)
             return _hashed_while_loading(folder / _weights_name(), lambda: LoadedDetector(
-                load_folder(folder, device=device), reference, "folder", ref.target, ""))
+                load_folder(folder, device=device, on_download=on_download), reference,
+                "folder", ref.target, ""))
         if ref.kind == "file":
             return _hashed_while_loading(Path(ref.target), lambda: LoadedDetector(
                 load_single_file(ref.target, device=device), reference, "file", ref.target, ""))
-        snapshot, commit = fetch_hub_detector(ref.target, revision=ref.revision)
+        snapshot, commit = fetch_hub_detector(ref.target, revision=ref.revision,
+                                              reference=reference, on_download=on_download)
         return _hashed_while_loading(snapshot / _weights_name(), lambda: LoadedDetector(
-            load_folder(snapshot, device=device), reference, "hub", str(snapshot), "",
-            revision=commit))
+            load_folder(snapshot, device=device, on_download=on_download), reference, "hub",
+            str(snapshot), "", revision=commit))
 
 
 def _hashed_while_loading(weights: Path, load) -> LoadedDetector:
@@ -161,7 +169,7 @@ def check_config(config: dict[str, Any], source: str) -> None:
     check_saved_config(config, source)
 
 
-def load_folder(folder: Path, *, device: str):
+def load_folder(folder: Path, *, device: str, on_download: OnDownload | None = None):
     """A detector folder; a head-only one (`pretrained` set in its config) builds its image tower
     from that open_clip tag and reads only the head from model.safetensors."""
     from aidetect.config import CONFIG_NAME, WEIGHTS_NAME
@@ -183,24 +191,25 @@ def load_folder(folder: Path, *, device: str):
                                f"and head.bias only, not {len(state)} tensors")
         head = {k.removeprefix("head."): v for k, v in state.items()}
         return build_on_tag(config, head, source=str(weights), reference=str(folder),
-                            device=device)
+                            device=device, on_download=on_download)
     return detector_from_state(config, load_safetensors(weights, device=str(device)),
                                source=str(weights), device=device)
 
 
 def build_on_tag(config: dict[str, Any], head: dict, *, source: str, reference: str,
-                 device: str = "cpu"):
+                 device: str = "cpu", on_download: OnDownload | None = None):
     """A detector whose image tower comes from an open_clip tag and whose head is `head`.
 
     The `univfd` preset and head-only folders load this way. Offline, a tag that is not cached
-    fails at once instead of attempting a download.
+    fails at once instead of attempting a download; `on_download` hears of a download first.
     """
     from aidetect.model import Detector, load_state
 
     kwargs = _detector_kwargs(config)
-    _require_cached_backbone(kwargs["backbone"], kwargs["pretrained"], reference)
+    cache_only = _prepare_backbone(kwargs["backbone"], kwargs["pretrained"], reference,
+                                   on_download)
     try:
-        with _quiet_open_clip():
+        with _quiet_open_clip(), _cache_only(cache_only):
             detector = Detector(**kwargs)
     except RuntimeError as error:  # open_clip's error for a failed download or a bad tag
         what = f"the {kwargs['backbone']} '{kwargs['pretrained']}' weights"
@@ -285,7 +294,8 @@ def save_single_file(detector: Any, path: str | Path) -> Path:
 
 
 # --- presets -----------------------------------------------------------------------------------
-def _load_preset(reference: str, *, device: str) -> LoadedDetector:
+def _load_preset(reference: str, *, device: str,
+                 on_download: OnDownload | None = None) -> LoadedDetector:
     from safetensors.torch import load_file
 
     from aidetect.presets import get_preset
@@ -302,30 +312,50 @@ def _load_preset(reference: str, *, device: str) -> LoadedDetector:
     config = {"backbone": preset.backbone, "pretrained": preset.pretrained,
               "preprocess": preset.preprocess, "threshold": preset.threshold}
     detector = build_on_tag(config, load_file(str(preset.head_path)),
-                            source=str(preset.head_path), reference=reference, device=device)
+                            source=str(preset.head_path), reference=reference, device=device,
+                            on_download=on_download)
     return LoadedDetector(detector, reference, "preset", str(preset.head_path), digest)
 
 
-def _require_cached_backbone(backbone: str, pretrained: str, reference: str) -> None:
-    """Offline, fail at once (no download attempt) when open_clip's weights are not cached."""
-    import open_clip
-    from huggingface_hub import try_to_load_from_cache
-    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+def _prepare_backbone(backbone: str, pretrained: str, reference: str,
+                      on_download: OnDownload | None) -> bool:
+    """Before open_clip fetches a tag's weights: offline (HF_HUB_OFFLINE, or the Hub's host
+    unreachable) fail at once when they are not cached; online, tell `on_download` what is
+    about to be downloaded. Returns True when the cached copy must be used without asking the
+    Hub (its host cannot be reached), so that no request waits for its timeouts."""
+    from aidetect.downloads import hub_reachable, is_cached, plan_download, tag_weights_files
 
-    if not hub_offline():
-        return
-    tag_cfg = open_clip.get_pretrained_cfg(backbone, pretrained) or {}
-    repo_id, filename = os.path.split(tag_cfg.get("hf_hub", ""))  # open_clip's own parsing
-    if not repo_id:
-        return  # not a Hub-hosted tag: open_clip raises its own error, mapped by the caller
-    names = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
-    cache = hub_cache_dir()
-    if not any(isinstance(try_to_load_from_cache(repo_id, n, cache_dir=cache), str)
-               for n in names):
-        raise WeightsError(
-            f"{reference}: the {backbone} '{pretrained}' weights ({repo_id}) are not in the "
-            f"Hugging Face cache ({cache}): {offline_fix()}"
-        )
+    files = tag_weights_files(backbone, pretrained)
+    if files is None:
+        return False  # not a Hub-hosted tag: open_clip raises its own error, mapped by the caller
+    repo_id, names = files
+    what = f"the {backbone} '{pretrained}' weights"
+    cached = any(is_cached(repo_id, name) for name in names)
+    if hub_offline():
+        if not cached:
+            raise WeightsError(f"{reference}: {what} ({repo_id}) are not in the Hugging Face "
+                               f"cache ({hub_cache_dir()}): {offline_fix()}")
+        return False
+    if cached:
+        return not hub_reachable()
+    download = plan_download(repo_id, names, reference=reference, what=what)
+    if download is not None and on_download is not None:
+        on_download(download)
+    return False
+
+
+@contextmanager
+def _cache_only(enabled: bool) -> Iterator[None]:
+    # huggingface_hub reads HF_HUB_OFFLINE's constant on each download call: set, a cached file
+    # is returned without the request that would otherwise wait for its timeouts.
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or enabled
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 @contextmanager
