@@ -218,3 +218,19 @@ def test_models_table_and_json_spell_license_alike(capsys, monkeypatch):
     document = capsys.readouterr().out
     assert "license" in table and "licence" not in table
     assert '"license"' in document and "licence" not in document
+
+
+def test_a_closed_pipe_outside_scan_exits_141_not_1(monkeypatch, capsys):
+    import errno
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    with pytest.raises(SystemExit) as exit_info:
+        app_module.main(["models", "--json"])
+    assert exit_info.value.code == 141

@@ -106,6 +106,13 @@ def _run(args: list[str]) -> int:
     try:
         code = app(args=args, prog_name="aidetect", standalone_mode=False)
         return code if isinstance(code, int) else EXIT_OK
+    except SystemExit as stop:
+        # In non-standalone mode commands end by returning a code, so a SystemExit(1) from
+        # inside is Click's handling of a closed stdout pipe (it calls sys.exit(1) even then):
+        # a broken pipe, never "AI found".
+        if stop.code == 1:
+            return EXIT_PIPE
+        raise
     except typer.Abort:  # Ctrl-C or end of input while Click was prompting or parsing
         print_error("interrupted")
         return EXIT_INTERRUPTED
