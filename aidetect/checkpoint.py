@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
+import struct
 import zipfile
 from pathlib import Path
 from typing import IO, Any
@@ -22,6 +23,11 @@ from aidetect.errors import WeightsError, first_line
 # bytes codec of protocol 2). A global from any other module is code a full unpickler would run.
 _WEIGHTS_MODULES = ("torch", "collections", "_codecs", "numpy")
 _MAX_PICKLES = 8  # a legacy (pre-zip) checkpoint is a few pickles, then raw tensor bytes
+# What zipfile, pickletools and torch's unpickler raise on damaged bytes (found by flipping
+# bytes of real checkpoints): a corrupt file, reported as such in one line.
+_CORRUPT_DATA = (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError,
+                 struct.error, AssertionError, NotImplementedError, MemoryError,
+                 zipfile.BadZipFile)
 UNSAFE_MESSAGE = "not a weights-only checkpoint; it may run code when loaded, so aidetect will " \
                  "not open it"
 
@@ -46,7 +52,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise WeightsError(f"{path}: {UNSAFE_MESSAGE} ({reason})") from None
         raise WeightsError(f"{path}: refused by torch.load(weights_only=True): it holds more "
                            f"than tensors ({reason})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as error:
+    except _CORRUPT_DATA as error:
         raise WeightsError(f"{path}: not a PyTorch checkpoint ({first_line(error)})") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
@@ -80,7 +86,7 @@ def inspect_pickle(path: Path) -> None:
         else:
             with open(path, "rb") as handle:
                 globals_ = _pickle_globals(handle, pickles=_MAX_PICKLES)
-    except (ValueError, EOFError, zipfile.BadZipFile) as error:  # pickletools' parse errors
+    except _CORRUPT_DATA as error:
         raise WeightsError(f"{path}: not a PyTorch checkpoint (not a pickle: "
                            f"{first_line(error)})") from None
     unsafe = [g for g in globals_ if g.split(".", 1)[0] not in _WEIGHTS_MODULES]

@@ -344,3 +344,30 @@ def test_convert_writes_into_an_empty_folder(tmp_path: Path, capsys) -> None:
     code, stdout, _ = run_convert(capsys, str(tmp_path / "fc.pth"), "--out", str(out), "-q")
     assert (code, stdout.strip()) == (0, str(out))
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_damaged_checkpoints_are_one_line_weights_errors(tmp_path: Path, zipped: bool) -> None:
+    """Bytes flipped or cut anywhere in a checkpoint (both torch layouts): a checkpoint or a
+    one-line WeightsError, never another exception."""
+    import random
+
+    from aidetect.checkpoint import load_checkpoint
+
+    base = tmp_path / "base.pth"
+    torch.save({"a": torch.zeros(3), "b": torch.ones(2, 2)}, base,
+               _use_new_zipfile_serialization=zipped)
+    data = base.read_bytes()
+    rng = random.Random(0)
+    for i in range(150):
+        damaged = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            damaged = damaged[:rng.randrange(len(damaged))]
+        path = tmp_path / f"damaged-{i}.pth"
+        path.write_bytes(bytes(damaged))
+        try:
+            load_checkpoint(path)
+        except WeightsError as error:
+            assert "\n" not in str(error) and str(error).startswith(str(path))
