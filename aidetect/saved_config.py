@@ -105,7 +105,26 @@ def check_saved_config(config: Any, source: str) -> None:
         for key in ("embed_dim", "vision_cfg"):
             if key not in model_cfg:
                 raise WeightsError(f"{source}: field 'model_cfg' lacks '{key}'")
-        _check_fields(model_cfg["vision_cfg"], VISION_CFG_FIELDS, source, "model_cfg.vision_cfg.")
+        _check_vision_cfg(model_cfg["vision_cfg"], source)
+
+
+def _check_vision_cfg(vision_cfg: dict[str, Any], source: str) -> None:
+    """The fields open_clip's `CLIPVisionCfg` takes, their types, and whole attention heads."""
+    from dataclasses import fields
+
+    from open_clip.model import CLIPVisionCfg
+
+    known = {f.name: f.default for f in fields(CLIPVisionCfg)}
+    unknown = sorted(set(vision_cfg) - set(known))
+    if unknown:
+        raise WeightsError(f"{source}: field 'model_cfg.vision_cfg' has unknown keys: "
+                           f"{', '.join(unknown)}")
+    _check_fields(vision_cfg, VISION_CFG_FIELDS, source, "model_cfg.vision_cfg.")
+    width = vision_cfg.get("width", known["width"])
+    head_width = vision_cfg.get("head_width", known["head_width"])
+    if "timm_model_name" not in vision_cfg and width % head_width:
+        raise WeightsError(f"{source}: field 'model_cfg.vision_cfg.head_width' must divide "
+                           f"the width ({width}), not {head_width}")
 
 
 def _check_preprocess(preprocess: dict[str, Any], source: str) -> None:

@@ -32,6 +32,8 @@ BAD_FIELDS = [
     ("model_cfg.embed_dim", "16"),
     ("model_cfg.vision_cfg.width", None),
     ("model_cfg.vision_cfg.layers", -1),
+    ("model_cfg.vision_cfg.head_width", 3),
+    ("model_cfg.vision_cfg.bogus", 1),
 ]
 
 
@@ -62,7 +64,9 @@ def test_scan_with_a_wrongly_typed_field_exits_4_with_one_line(
     assert exit_info.value.code == EXIT_WEIGHTS
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and captured.err.startswith("aidetect: error: ")
-    assert f"{config_file}: field '{field}' must be" in captured.err
+    parent, _, key = field.rpartition(".")
+    assert (f"{config_file}: field '{field}' must" in captured.err
+            or f"{config_file}: field '{parent}' has unknown keys: {key}" in captured.err)
     assert "Traceback" not in captured.err
     assert _digests(detector_dir) == before  # nothing rewritten
 
