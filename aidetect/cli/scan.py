@@ -173,7 +173,7 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     from rich.markup import escape
 
     from aidetect import __version__
-    from aidetect.cli.console import err_console
+    from aidetect.cli.console import download_notice, err_console
     from aidetect.data import find_images
     from aidetect.devices import resolve_device
     from aidetect.errors import (
@@ -246,25 +246,6 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     if fail_on_ai and info.counts.ai_generated:
         return EXIT_AI_FOUND
     return EXIT_OK if info.all_scored else EXIT_INCOMPLETE
-
-
-def download_notice(*, quiet: bool):
-    """The `on_download` of a command: one line on stderr saying what is fetched and how big,
-    then huggingface_hub's own progress bars on a terminal (none when piped or --quiet)."""
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-
-    from aidetect.cli.console import err_console
-
-    if quiet or not err_console.is_terminal:
-        disable_progress_bars()
-    else:
-        enable_progress_bars()
-
-    def notice(download) -> None:
-        if not quiet:
-            err_console.print(download.describe(), soft_wrap=True, markup=False)
-
-    return notice
 
 
 def _scan_failure(error: BaseException) -> BaseException:
