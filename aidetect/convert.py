@@ -1,8 +1,9 @@
 """Importing published checkpoints as detectors: the authors' DGS-Net model, UnivFD heads.
 
-The only place aidetect opens a pickle, with `torch.load(weights_only=True)` and never anything
-weaker. `convert_dgs_net` follows dgs-net.md section 6: the architecture is read from tensor
-shapes (as OpenAI's `build_model` does; QuickGELU), each q/k/v weight becomes
+Checkpoints are read by `aidetect.safe_pickle` (pickle opcodes inspected first, then
+`torch.load(weights_only=True)`, never anything weaker). `convert_dgs_net` follows dgs-net.md
+section 6: the architecture is read from tensor shapes (as OpenAI's `build_model` does;
+QuickGELU), each q/k/v weight becomes
 W_eff = stored W + alpha / sqrt(r) * B @ A (what the authors' test script evaluates), the split
 projections are fused into open_clip's `in_proj_*` (rows q, k, v), `attn.proj` becomes
 `attn.out_proj` and `img_fc` the head. `convert_univfd` turns a UnivFD `fc_weights.pth` into a
@@ -12,13 +13,13 @@ head-only detector folder on the `univfd` preset's backbone.
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aidetect.errors import UsageError, WeightsError, first_line
+from aidetect.safe_pickle import load_checkpoint
 
 _STUDENT = "clip_model."
 _FROZEN = "clip_model_frozen.clip_model_frozen."
@@ -26,6 +27,9 @@ _BLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.")
 _QKV = ("q", "k", "v")
 AUTHORS_LORA_ALPHA = 6.0  # the published model: r = 6, alpha = 6, scaling = 6 / sqrt(6)
 FORMATS = ("auto", "dgs-net", "univfd")
+# The tensors the architecture is read from, with their number of dimensions.
+_ARCHITECTURE_TENSORS = {"conv1.weight": 4, "positional_embedding": 2, "proj": 2,
+                         "transformer.resblocks.0.mlp.c_fc.weight": 2}
 
 
 @dataclass
@@ -51,38 +55,6 @@ class ConversionReport:
 
 
 # --- reading ---------------------------------------------------------------------------------
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A PyTorch checkpoint's tensors, via `torch.load(weights_only=True)` only.
-
-    Unwraps `{"state_dict": ...}` / `{"model": ...}` and strips DDP's `module.` prefix.
-    """
-    import torch
-
-    source = Path(path)
-    if not source.is_file():
-        raise WeightsError(f"{path}: no such file")
-    try:
-        obj = torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # Never retried with weights_only=False: that would run arbitrary code from the file.
-        raise WeightsError(f"{path}: refused by torch.load(weights_only=True): it holds more "
-                           f"than tensors ({first_line(error)})") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as error:
-        raise WeightsError(f"{path}: not a PyTorch checkpoint ({first_line(error)})") from None
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-    if not isinstance(obj, dict) or not obj:
-        raise WeightsError(f"{path}: not a state dict (a mapping of names to tensors)")
-    state = {}
-    for key, value in obj.items():
-        if isinstance(value, torch.Tensor):
-            state[key.removeprefix("module.")] = value
-    if not state:
-        raise WeightsError(f"{path}: holds no tensors")
-    return state
-
-
 def detect_format(state: dict[str, Any], source: str) -> str:
     """'dgs-net' (the authors' checkpoint) or 'univfd' (a linear head), from the keys."""
     if any(k.startswith(_STUDENT + "visual.") for k in state):
@@ -102,15 +74,21 @@ def _strip_fc(state: dict[str, Any]) -> dict[str, Any]:
 # --- DGS-Net ---------------------------------------------------------------------------------
 def read_architecture(visual: dict[str, Any], source: str) -> dict[str, Any]:
     """open_clip's `vision_cfg` and `embed_dim` from the tensor shapes (as CLIP's build_model)."""
-    try:
-        width, _, patch, _ = visual["conv1.weight"].shape  # (width, 3, patch, patch)
-        tokens = visual["positional_embedding"].shape[0]  # grid * grid + 1 (the CLS token)
-        embed_dim = visual["proj"].shape[1]  # (width, embed_dim)
-        hidden = visual["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
-    except KeyError as error:
-        raise WeightsError(f"{source}: the image tower lacks {error.args[0]}") from None
+    shapes = {}
+    for key, dims in _ARCHITECTURE_TENSORS.items():
+        if key not in visual:
+            raise WeightsError(f"{source}: the image tower lacks {key}")
+        shape = tuple(visual[key].shape)
+        if len(shape) != dims or 0 in shape:
+            raise WeightsError(f"{source}: {key} has shape {shape}; a CLIP image tower's has "
+                               f"{dims} non-zero dimensions")
+        shapes[key] = shape
+    width, _, patch, _ = shapes["conv1.weight"]  # (width, 3, patch, patch)
+    tokens = shapes["positional_embedding"][0]  # grid * grid + 1 (the CLS token)
+    embed_dim = shapes["proj"][1]  # (width, embed_dim)
+    hidden = shapes["transformer.resblocks.0.mlp.c_fc.weight"][0]
     grid = round((tokens - 1) ** 0.5)
-    if grid * grid + 1 != tokens:
+    if tokens < 2 or grid * grid + 1 != tokens:
         raise WeightsError(f"{source}: {tokens} position embeddings is not a square grid + 1")
     layers = len({int(m.group(1)) for k in visual if (m := _BLOCK.match(k))})
     if width % 64:
@@ -306,7 +284,7 @@ def dgs_net_licences(detector: Any) -> list[Any]:
 
 def _write_detector(detector: Any, out: str | Path, *, single_file: bool, card: str,
                     licences: list[Any]) -> None:
-    from aidetect.hub import save_single_file
+    from aidetect.loading import save_single_file
 
     if single_file:
         save_single_file(detector, out)
@@ -420,15 +398,37 @@ Preprocessing: centre crop 224 px, CLIP mean and std. Threshold {spec.threshold}
 def convert_checkpoint(source: str | Path, out: str | Path, *, format: str = "auto",
                        single_file: bool = False, lora_alpha: float = AUTHORS_LORA_ALPHA
                        ) -> ConversionReport:
-    """Convert `source` by `format` ('auto' reads the layout from the keys)."""
+    """Convert `source` by `format` ('auto' reads the layout from the keys).
+
+    `out` must not exist yet, or be an empty folder: a conversion never overwrites files it did
+    not create (a `UsageError` says so before the checkpoint is read).
+    """
     if format not in FORMATS:
         raise UsageError(f"--format {format}: choose one of {', '.join(FORMATS)}")
+    refuse_existing_out(Path(out), single_file=single_file)
     state = load_checkpoint(source)
     kind = detect_format(state, str(source)) if format == "auto" else format
-    if kind == "univfd":
-        if single_file:
-            raise UsageError("--single-file is for full detectors; a UnivFD head is written "
-                             "as a head-only folder")
-        return convert_univfd(source, out, state=state)
-    return convert_dgs_net(source, out, lora_alpha=lora_alpha, single_file=single_file,
-                           state=state)
+    try:
+        if kind == "univfd":
+            if single_file:
+                raise UsageError("--single-file is for full detectors; a UnivFD head is written "
+                                 "as a head-only folder")
+            return convert_univfd(source, out, state=state)
+        return convert_dgs_net(source, out, lora_alpha=lora_alpha, single_file=single_file,
+                               state=state)
+    except RuntimeError as error:  # torch's error for tensors whose shapes do not fit together
+        raise WeightsError(f"{source}: tensor shapes that do not fit together "
+                           f"({first_line(error)})") from None
+
+
+def refuse_existing_out(out: Path, *, single_file: bool) -> None:
+    """A `UsageError` when `out` holds something this run did not create: an existing file, or
+    a folder that is not empty."""
+    if single_file and out.exists():
+        raise UsageError(f"--out {out}: already exists; aidetect convert does not overwrite "
+                         "files (remove it or choose another name)")
+    if out.is_file() or out.is_symlink() and not out.is_dir():
+        raise UsageError(f"--out {out}: a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise UsageError(f"--out {out}: a folder that is not empty; aidetect convert writes only "
+                         "into a new or empty folder (remove it or choose another)")

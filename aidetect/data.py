@@ -83,11 +83,19 @@ def open_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     # header's size, before any pixel data is decoded.
     Image.MAX_IMAGE_PIXELS = None
     try:
+        handle = open(path, "rb")  # closed in `finally`
+    except OSError as error:
+        Image.MAX_IMAGE_PIXELS = saved_limit
+        raise ImageError(_os_reason(error)) from None
+    try:
         with warnings.catch_warnings():
             # Pillow warns on damaged metadata ("Corrupt EXIF data", TIFF tags) while opening,
             # loading and reading EXIF; the pixels still decide, and the engine never prints.
             warnings.simplefilter("ignore")
-            with Image.open(path, formats=ALLOWED_FORMATS) as image:
+            # From an open file, not a path: Pillow then never memory-maps an uncompressed
+            # image, and its memory-mapped path lays out an L, I;16 or RGBA TIFF with an EXIF
+            # rotation (orientation 5-8) at the rotated size, scrambling the pixels.
+            with Image.open(handle, formats=ALLOWED_FORMATS) as image:
                 return _decode(image, limit)
     except UnidentifiedImageError:
         claimed = _signature_format(path)
@@ -103,6 +111,7 @@ def open_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         # What Pillow's plugins raise on malformed headers and chunks.
         raise ImageError(f"corrupt image data ({_short(error)})") from None
     finally:
+        handle.close()
         Image.MAX_IMAGE_PIXELS = saved_limit
 
 

@@ -12,6 +12,9 @@ EXIT_AI_FOUND = 1  # `--fail-on-ai` was given and at least one image is judged A
 EXIT_USAGE = 2  # bad option, missing path, unavailable device
 EXIT_INCOMPLETE = 3  # some files could not be scored, or nothing was found
 EXIT_WEIGHTS = 4  # the weights cannot be obtained or loaded
+EXIT_INTERNAL = 70  # a bug: an exception aidetect did not expect (sysexits' EX_SOFTWARE)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C
+EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
 
 
 def first_line(error: BaseException) -> str:

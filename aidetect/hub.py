@@ -1,16 +1,10 @@
-"""Resolving a weights reference to a loaded detector, with where it came from.
-
-A reference is, in this order of resolution:
-1. `hf://owner/name[@revision]`: a Hugging Face Hub repository;
-2. a preset name from the registry (`aidetect.presets`; to load a local folder with the same
-   name, write `./name`);
-3. an existing local path: a detector folder (`config.json` + `model.safetensors`) or a single
-   `.safetensors` file whose metadata holds the config (`save_single_file` writes one);
-4. `owner/name[@revision]` that is not a local path: a Hub repository.
+"""The Hugging Face Hub: downloads into its standard cache, the cache listing, offline mode,
+pushing a detector, and the one mapping of library exceptions to `WeightsError`.
 
 Hub files go to huggingface_hub's standard cache (HF_HOME, HF_HUB_CACHE, HF_TOKEN, revision
 pinning); HF_HUB_OFFLINE is read when a reference is resolved. Every library exception a user
-can meet is mapped to a one-line `WeightsError` in `weights_errors`. Only safetensors are read.
+can meet is mapped to a one-line `WeightsError` in `weights_errors`. Resolving a reference and
+building the detector are `aidetect.loading`'s (`load_detector` is re-exported here).
 """
 
 from __future__ import annotations
@@ -19,7 +13,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,320 +21,8 @@ from typing import Any
 
 from aidetect.errors import WeightsError, first_line
 
-HUB_SCHEME = "hf://"
-# The safetensors metadata key of a single-file detector: the JSON of `Detector.config`.
-SINGLE_FILE_CONFIG_KEY = "aidetect_config"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-
-@dataclass
-class LoadedDetector:
-    """A detector and its provenance, for reports."""
-
-    detector: object  # aidetect.Detector (kept untyped so this module imports without torch)
-    reference: str  # what the user passed
-    source: str  # "preset", "folder", "file" or "hub"
-    path: str  # the local folder or file the weights were read from
-    sha256: str  # of the weights file (for a preset: of its head file)
-    revision: str | None = None  # the resolved Hub commit, for Hub references
-
-
-@dataclass(frozen=True)
-class WeightsRef:
-    """A parsed reference: what kind it is and where its files are looked for."""
-
-    kind: str  # "preset", "folder", "file" or "hub"
-    target: str  # preset name, local path, or Hub repository id
-    revision: str | None = None  # Hub only: a branch, tag or commit
-    explicit_hub: bool = False  # written as hf://
-
-
-# --- resolution --------------------------------------------------------------------------------
-def parse_reference(reference: str) -> WeightsRef:
-    """Classify `reference` without loading anything (see the module docstring for the order)."""
-    from aidetect.presets import load_presets
-
-    if not reference.strip():
-        raise WeightsError("empty --weights: pass a preset name, a path or hf://owner/name")
-    if reference.startswith(HUB_SCHEME):
-        repo_id, revision = _split_revision(reference[len(HUB_SCHEME):])
-        if not _REPO_ID.match(repo_id):
-            raise WeightsError(f"{reference}: not a Hub repository; write hf://owner/name"
-                               "[@revision]")
-        return WeightsRef("hub", repo_id, revision, explicit_hub=True)
-    if reference in load_presets():
-        return WeightsRef("preset", reference)
-    path = Path(reference).expanduser()
-    if path.is_dir():
-        return WeightsRef("folder", str(path))
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise WeightsError(
-                f"{reference}: only .safetensors weights are loaded; convert a PyTorch "
-                f"checkpoint first: aidetect convert {reference} --out DIR"
-            )
-        return WeightsRef("file", str(path))
-    repo_id, revision = _split_revision(reference)
-    if _REPO_ID.match(repo_id) and not reference.startswith((".", "/", "~")):
-        return WeightsRef("hub", repo_id, revision)
-    if not any(c in reference for c in "/.\\" + os.sep):  # a bare name: meant as a preset
-        from aidetect.presets import get_preset
-
-        get_preset(reference)  # raises, listing the presets
-    raise WeightsError(f"{reference}: no such file or folder")
-
-
-def _split_revision(text: str) -> tuple[str, str | None]:
-    repo_id, at, revision = text.partition("@")
-    if at and not revision:
-        raise WeightsError(f"{text}: empty revision after '@'")
-    return repo_id, (revision or None)
-
-
-def load_detector(reference: str, *, device: str = "cpu") -> LoadedDetector:
-    """Load the detector named by `reference` onto `device`, or raise `WeightsError`."""
-    ref = parse_reference(reference)
-    with weights_errors(reference, hub=ref.kind == "hub"):
-        if ref.kind == "preset":
-            return _load_preset(reference, device=device)
-        if ref.kind == "folder":
-            folder = Path(ref.target)
-            return _hashed_while_loading(folder / _weights_name(), lambda: LoadedDetector(
-                _load_folder(folder, device=device), reference, "folder", ref.target, ""))
-        if ref.kind == "file":
-            return _hashed_while_loading(Path(ref.target), lambda: LoadedDetector(
-                load_single_file(ref.target, device=device), reference, "file", ref.target, ""))
-        snapshot, commit = fetch_hub_detector(ref.target, revision=ref.revision)
-        return _hashed_while_loading(snapshot / _weights_name(), lambda: LoadedDetector(
-            _load_folder(snapshot, device=device), reference, "hub", str(snapshot), "",
-            revision=commit))
-
-
-def _hashed_while_loading(weights: Path, load) -> LoadedDetector:
-    """`load()`, with the weights file's sha256 computed meanwhile in a thread (hashlib
-    releases the GIL): a ViT-L file is 1.2 GB, seconds of hashing otherwise added to start-up."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        digest = pool.submit(file_sha256, weights)
-        loaded = load()
-        loaded.sha256 = digest.result()
-    return loaded
-
-
-def _weights_name() -> str:
-    from aidetect.config import WEIGHTS_NAME
-
-    return WEIGHTS_NAME
-
-
-# --- local folders and single files ------------------------------------------------------------
-def _check_config(config: dict[str, Any], source: str) -> None:
-    """Refuse configs that are not a detector's, or come from a newer aidetect, in one line."""
-    from aidetect import __version__
-    from aidetect.config import FORMAT_VERSION
-
-    if not isinstance(config, dict) or "backbone" not in config:
-        raise WeightsError(f"{source}: not an aidetect detector config (no 'backbone')")
-    version = config.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise WeightsError(
-            f"{source}: saved by a newer aidetect ({config.get('aidetect_version', '?')}, "
-            f"format {version}; this aidetect {__version__} reads up to {FORMAT_VERSION}): "
-            "upgrade aidetect (pip install -U aidetect)"
-        )
-
-
-def _load_folder(folder: Path, *, device: str):
-    """A detector folder; a head-only one (`pretrained` set in its config) builds its image tower
-    from that open_clip tag and reads only the head from model.safetensors."""
-    from aidetect.config import CONFIG_NAME, WEIGHTS_NAME
-    from aidetect.model import read_config
-
-    config = read_config(folder)
-    _check_config(config, str(folder / CONFIG_NAME))
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        raise WeightsError(f"{folder}: no {WEIGHTS_NAME} in this detector folder (only "
-                           "safetensors weights are loaded)")
-    from aidetect.model import load_safetensors
-
-    if config.get("pretrained"):
-        state = load_safetensors(weights)
-        if set(state) != {"head.weight", "head.bias"}:
-            raise WeightsError(f"{weights}: a head-only detector (pretrained "
-                               f"{config['pretrained']!r} in {CONFIG_NAME}) holds head.weight "
-                               f"and head.bias only, not {len(state)} tensors")
-        head = {k.removeprefix("head."): v for k, v in state.items()}
-        return build_on_tag(config, head, source=str(weights), reference=str(folder),
-                            device=device)
-    return detector_from_state(config, load_safetensors(weights, device=str(device)),
-                               source=str(weights), device=device)
-
-
-def build_on_tag(config: dict[str, Any], head: dict, *, source: str, reference: str,
-                 device: str = "cpu"):
-    """A detector whose image tower comes from an open_clip tag and whose head is `head`.
-
-    The `univfd` preset and head-only folders load this way. Offline, a tag that is not cached
-    fails at once instead of attempting a download.
-    """
-    from aidetect.model import Detector, load_state
-
-    kwargs = _detector_kwargs(config)
-    _require_cached_backbone(kwargs["backbone"], kwargs["pretrained"], reference)
-    try:
-        with _quiet_open_clip():
-            detector = Detector(**kwargs)
-    except RuntimeError as error:  # open_clip's error for a failed download or a bad tag
-        what = f"the {kwargs['backbone']} '{kwargs['pretrained']}' weights"
-        if "download" in str(error).lower():
-            raise WeightsError(
-                f"{reference}: cannot download {what} from the Hugging Face Hub (no network?): "
-                f"{offline_fix()}"
-            ) from error
-        raise WeightsError(f"{reference}: cannot get {what} ({first_line(error)}): "
-                           f"{offline_fix()}") from error
-    load_state(detector.head, head, source=source)
-    return detector.to(device).eval()
-
-
-def _detector_kwargs(config: dict[str, Any]) -> dict[str, Any]:
-    """The entries of a saved config that `Detector(...)` takes (not e.g. aidetect_version)."""
-    import inspect
-
-    from aidetect.model import Detector
-
-    accepted = inspect.signature(Detector.__init__).parameters
-    return {key: value for key, value in config.items() if key in accepted}
-
-
-def read_single_file_config(path: str | Path) -> dict[str, Any]:
-    """The detector config stored in a single `.safetensors` file's metadata."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as handle:  # metadata only: no torch
-        metadata = handle.metadata() or {}
-    if SINGLE_FILE_CONFIG_KEY not in metadata:
-        raise WeightsError(
-            f"{path}: a .safetensors file without a detector config in its metadata; pass a "
-            "detector folder, or write one with `aidetect convert ... --single-file`"
-        )
-    try:
-        config = json.loads(metadata[SINGLE_FILE_CONFIG_KEY])
-    except json.JSONDecodeError as error:
-        raise WeightsError(f"{path}: its {SINGLE_FILE_CONFIG_KEY} metadata is not valid JSON "
-                           f"({error})") from None
-    _check_config(config, str(path))
-    return config
-
-
-def load_single_file(path: str | Path, *, device: str = "cpu"):
-    """A detector from one `.safetensors` file (config in its metadata), strictly loaded."""
-    from aidetect.model import load_safetensors
-
-    config = read_single_file_config(path)
-    state = load_safetensors(path, device=str(device))
-    return detector_from_state(config, state, source=str(path), device=device)
-
-
-def detector_from_state(config: dict[str, Any], state: dict, *, source: str, device: str = "cpu"):
-    """Build a detector from its saved config (already checked by `_check_config`) and full
-    state dict, every tensor accounted for."""
-    import torch
-
-    from aidetect.model import Detector, load_state
-
-    kwargs = _detector_kwargs(config)
-    kwargs["pretrained"] = None  # the state dict holds every weight
-    with torch.device("meta"):  # no random init of weights that are about to be replaced
-        detector = Detector(**kwargs)
-    load_state(detector, state, source=source, strict=True, assign=True)
-    return detector.to(device).eval()
-
-
-def save_single_file(detector: Any, path: str | Path) -> Path:
-    """Write `detector` as one `.safetensors` file with its config in the metadata, atomically."""
-    from safetensors.torch import save
-
-    from aidetect.atomic import atomic_write_bytes
-
-    target = Path(path)
-    if target.suffix != ".safetensors":
-        raise WeightsError(f"{target}: a single-file detector must end in .safetensors")
-    state = {k: v.detach().contiguous().cpu() for k, v in detector.state_dict().items()}
-    metadata = {"format": "pt", SINGLE_FILE_CONFIG_KEY: json.dumps(detector.config)}
-    atomic_write_bytes(target, save(state, metadata=metadata))
-    return target
-
-
-# --- presets -----------------------------------------------------------------------------------
-def _load_preset(reference: str, *, device: str) -> LoadedDetector:
-    from safetensors.torch import load_file
-
-    from aidetect.presets import get_preset
-
-    preset = get_preset(reference)
-    if not preset.head_path.is_file():
-        raise WeightsError(f"preset {preset.name}: its head file {preset.head_path} is missing; "
-                           "reinstall aidetect")
-    digest = file_sha256(preset.head_path)
-    if digest != preset.head_sha256:
-        raise WeightsError(f"preset {preset.name}: {preset.head_path} does not match the "
-                           f"registry (sha256 {digest[:12]}, expected {preset.head_sha256[:12]}); "
-                           "reinstall aidetect")
-    config = {"backbone": preset.backbone, "pretrained": preset.pretrained,
-              "preprocess": preset.preprocess, "threshold": preset.threshold}
-    detector = build_on_tag(config, load_file(str(preset.head_path)),
-                            source=str(preset.head_path), reference=reference, device=device)
-    return LoadedDetector(detector, reference, "preset", str(preset.head_path), digest)
-
-
-def _require_cached_backbone(backbone: str, pretrained: str, reference: str) -> None:
-    """Offline, fail at once (no download attempt) when open_clip's weights are not cached."""
-    import open_clip
-    from huggingface_hub import try_to_load_from_cache
-    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
-    if not hub_offline():
-        return
-    tag_cfg = open_clip.get_pretrained_cfg(backbone, pretrained) or {}
-    repo_id, filename = os.path.split(tag_cfg.get("hf_hub", ""))  # open_clip's own parsing
-    if not repo_id:
-        return  # not a Hub-hosted tag: open_clip raises its own error, mapped by the caller
-    names = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
-    cache = hub_cache_dir()
-    if not any(isinstance(try_to_load_from_cache(repo_id, n, cache_dir=cache), str)
-               for n in names):
-        raise WeightsError(
-            f"{reference}: the {backbone} '{pretrained}' weights ({repo_id}) are not in the "
-            f"Hugging Face cache ({cache}): {offline_fix()}"
-        )
-
-
-@contextmanager
-def _quiet_open_clip() -> Iterator[None]:
-    # open_clip logs download failures on the root logger before raising; the raised error
-    # becomes our one-line message, so the log line would only repeat it.
-    import logging
-
-    def drop(record: logging.LogRecord) -> bool:
-        return "open_clip" not in record.pathname
-
-    root = logging.getLogger()
-    root.addFilter(drop)
-    # huggingface_hub warns about each failed request as well, before open_clip raises.
-    hub_logger = logging.getLogger("huggingface_hub")
-    hub_level = hub_logger.level
-    hub_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
-        hub_logger.setLevel(hub_level)
-
-
 # --- the Hub -----------------------------------------------------------------------------------
 def hub_offline() -> bool:
     """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import)."""
@@ -367,21 +49,38 @@ def offline_fix() -> str:
     return fix + ("; HF_HUB_OFFLINE is set" if hub_offline() else "")
 
 
-def fetch_hub_detector(repo_id: str, *, revision: str | None = None) -> tuple[Path, str | None]:
+def fetch_hub_detector(repo_id: str, *, revision: str | None = None,
+                       reference: str | None = None,
+                       on_download: Callable[[Any], None] | None = None
+                       ) -> tuple[Path, str | None]:
     """Download (or find in the cache) a detector repository's config and weights.
 
     Returns the snapshot folder and its commit. The weights are fetched at the commit the
-    config resolved to, so both files come from the same commit even if a branch moves.
+    config resolved to, so both files come from the same commit even if a branch moves. When
+    the Hub's host cannot be reached, a cached copy is used at once (no timeouts) and a missing
+    one fails at once; `on_download` hears of the weights' download before it starts.
     """
     from huggingface_hub import hf_hub_download
 
     from aidetect.config import CONFIG_NAME, WEIGHTS_NAME
+    from aidetect.downloads import hub_reachable, is_cached, plan_download
 
-    common = {"cache_dir": hub_cache_dir(), "local_files_only": hub_offline()}
+    offline = hub_offline()
+    if not offline and not hub_reachable():
+        # Plainly no network: what is cached is used as is; what is not raises
+        # LocalEntryNotFoundError at once, mapped to a one-line error.
+        offline = True
+    common = {"cache_dir": hub_cache_dir(), "local_files_only": offline}
     config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, **common))
     snapshot = config_file.parent
     commit = snapshot.name if _COMMIT.match(snapshot.name) else None
-    hf_hub_download(repo_id, WEIGHTS_NAME, revision=commit or revision, **common)
+    pinned = commit or revision
+    if not offline and not is_cached(repo_id, WEIGHTS_NAME, pinned):
+        download = plan_download(repo_id, [WEIGHTS_NAME], reference=reference or repo_id,
+                                 what="the detector's weights", revision=pinned)
+        if download is not None and on_download is not None:
+            on_download(download)
+    hf_hub_download(repo_id, WEIGHTS_NAME, revision=pinned, **common)
     return snapshot, commit
 
 

@@ -111,7 +111,7 @@ def recorded_licences(config: dict[str, Any], source: str) -> list[Licence]:
 
 
 def licences_of_loaded(loaded: Any) -> tuple[list[Licence], Path | None]:
-    """What a loaded detector (`aidetect.hub.LoadedDetector`) was built from, and the folder
+    """What a loaded detector (`aidetect.loading.LoadedDetector`) was built from, and the folder
     that holds its licence files: what a detector fine-tuned from it inherits."""
     from aidetect.config import CONFIG_NAME
 
@@ -122,7 +122,7 @@ def licences_of_loaded(loaded: Any) -> tuple[list[Licence], Path | None]:
         preset = get_preset(loaded.reference)
         return preset_licences(preset), preset.license_path.parent
     if loaded.source == "file":
-        from aidetect.hub import read_single_file_config
+        from aidetect.loading import read_single_file_config
 
         licences, folder = recorded_licences(read_single_file_config(loaded.path),
                                              loaded.path), Path(loaded.path).parent
@@ -147,7 +147,8 @@ def _fetch_licence_files(loaded: Any, licences: list[Licence]) -> None:
     detector still trains, and `push` refuses the result until the file is put there."""
     from huggingface_hub import errors, hf_hub_download
 
-    from aidetect.hub import hub_cache_dir, hub_offline, parse_reference
+    from aidetect.hub import hub_cache_dir, hub_offline
+    from aidetect.loading import parse_reference
     from aidetect.publish import network_errors
 
     repo_id = parse_reference(loaded.reference).target

@@ -366,6 +366,9 @@ class Detector(
         # falls back to pickles: a detector loads from safetensors only, every key accounted for.
         from huggingface_hub import hf_hub_download
 
+        from aidetect.saved_config import check_saved_config
+
+        check_saved_config(model_kwargs, f"{model_id}: {CONFIG_NAME}")
         model_kwargs.pop("aidetect_version", None)
         model_kwargs["pretrained"] = None  # the state dict holds every weight
         if os.path.isdir(model_id):

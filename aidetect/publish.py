@@ -3,7 +3,7 @@
 The folder is checked first, each failure a one-line error: it is a folder and the repository
 id is well formed; every licence file its config or card names is there (`aidetect.licences`);
 a token is at hand and the Hub is not switched off (HF_HUB_OFFLINE); it loads as a detector
-exactly as `scan` loads it (`aidetect.hub.load_detector`). Then its files go up unchanged in
+exactly as `scan` loads it (`aidetect.loading.load_detector`). Then its files go up unchanged in
 one commit (`HfApi.create_commit`): the card is the folder's own README.md (written once into
 the folder, from the config, when there is none), and the config keeps its `aidetect_version`.
 Left out: hidden files and folders, and a training run's resume state (`train/`: a pickle
@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aidetect.errors import UsageError, WeightsError, first_line
+from aidetect.hub import REPO_ID
 
 DEFAULT_REVISION = "main"
 # A training run's resume state, beside the detector files (aidetect.train.STATE_DIR).
 RUN_STATE_DIR = "train"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -68,7 +67,7 @@ def push_detector(folder: str | Path, repo_id: str, *, revision: str | None = No
     if not source.is_dir():
         raise WeightsError(f"{folder}: not a folder; push takes a detector folder "
                            f"({CONFIG_NAME} + {WEIGHTS_NAME})")
-    if not _REPO_ID.match(repo_id):
+    if not REPO_ID.match(repo_id):
         raise UsageError(f"{repo_id}: not a Hub repository id; write owner/name")
     revision = revision or DEFAULT_REVISION
     if not (source / CONFIG_NAME).is_file():
@@ -136,7 +135,7 @@ def require_token(token: str | None) -> str:
 
 def _check_loads(folder: Path) -> None:
     """Load the folder as `scan` would, then let it go; a failure is `load_detector`'s error."""
-    from aidetect.hub import load_detector, parse_reference
+    from aidetect.loading import load_detector, parse_reference
 
     reference = str(folder)
     if parse_reference(reference).kind != "folder":  # e.g. a folder named like a preset

@@ -100,10 +100,18 @@ class Counts:
     real: int = 0
     errors: int = 0
     declared_ai: int = 0  # files whose metadata declares AI generation, scored or not
+    # Files the scan found to score, told before it starts; more than `total` when it was
+    # interrupted. None: not told, taken as `total`.
+    found: int | None = None
 
     @property
     def total(self) -> int:
+        """Files with a result (a score or an error)."""
         return self.scanned + self.errors
+
+    @property
+    def found_files(self) -> int:
+        return self.total if self.found is None else self.found
 
     def add(self, result: ImageResult) -> None:
         self.declared_ai += result.declares_ai
@@ -118,6 +126,7 @@ class Counts:
 
     def to_dict(self) -> dict[str, int]:
         return {
+            "found": self.found_files,
             "total": self.total,
             "scanned": self.scanned,
             "ai_generated": self.ai_generated,
@@ -137,10 +146,19 @@ class ScanInfo:
     threshold: float
     started: str  # ISO 8601, UTC
     finished: str | None = None
-    complete: bool = True  # False when interrupted (Ctrl-C): the results are a prefix
+    # The scan ran to its end: False when it was interrupted (Ctrl-C) or stopped by a failure,
+    # and the results are a prefix. Not "every file was scored": that is `all_scored`.
+    complete: bool = True
     counts: Counts = field(default_factory=Counts)
     elapsed_seconds: float = 0.0
     processes: int = 1  # that scanned, under torchrun (aidetect.distributed_scan)
+
+    @property
+    def all_scored(self) -> bool:
+        """The scan ran to its end and every file it found got a score (at least one): what
+        exit code 0 means; False with errors, with nothing found, or when interrupted."""
+        found = self.counts.found_files
+        return self.complete and found > 0 and self.counts.scanned == found
 
     @property
     def images_per_second(self) -> float:
@@ -157,6 +175,7 @@ class ScanInfo:
             "started": self.started,
             "finished": self.finished,
             "complete": self.complete,
+            "all_scored": self.all_scored,
             "counts": self.counts.to_dict(),
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "images_per_second": round(self.images_per_second, 3),

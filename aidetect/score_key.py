@@ -10,7 +10,7 @@ Besides the file's content, a score depends on:
   and the weights an open_clip tag names): an upgrade scores again once.
 The threshold is not part of it: the label is recomputed from the score.
 
-`read_model_facts` reads the same files `aidetect.hub.load_detector` reads (config and weights
+`read_model_facts` reads the same files `aidetect.loading.load_detector` reads (config and weights
 hash; for a Hub reference, the files huggingface_hub resolves, offline from its cache), without
 torch; it returns None where loading would fail, so that the load reports why. `compute_kind`
 needs torch only where the device cannot be known without it (`cuda_possible`).
@@ -82,13 +82,8 @@ def read_model_facts(reference: str, *, sha256_of: Callable[[Path], str | None]
     """
     from aidetect.config import CONFIG_NAME, WEIGHTS_NAME
     from aidetect.errors import WeightsError
-    from aidetect.hub import (
-        _check_config,
-        fetch_hub_detector,
-        parse_reference,
-        read_single_file_config,
-        weights_errors,
-    )
+    from aidetect.hub import _check_config, fetch_hub_detector, weights_errors
+    from aidetect.loading import parse_reference, read_single_file_config
 
     ref = parse_reference(reference)
     revision = None

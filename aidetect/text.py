@@ -1,10 +1,12 @@
 """Text safe to show or write: file names with undecodable bytes, control characters and
-bidirectional overrides made visible; numbers and durations the way reports print them."""
+bidirectional overrides made visible; CSV cells a spreadsheet will not run as formulas; numbers
+and durations the way reports print them."""
 
 from __future__ import annotations
 
 import math
 import unicodedata
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -53,6 +55,24 @@ def printable(text: str) -> str:
 def terminal_safe(text: str) -> str:
     """`text` as a terminal may show it: valid UTF-8, control characters escaped."""
     return printable(utf8(text))
+
+
+# A spreadsheet reads a cell starting with one of these as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a string starting with `=`, `+`, `-`, `@`, tab or
+    carriage return gets a leading single quote (OWASP's rule). Numbers are left alone, so a
+    negative logit stays a number; JSON and JSONL keep exact strings."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def spreadsheet_row(values: Iterable[Any]) -> list[Any]:
+    """`spreadsheet_cell` applied to every cell of a CSV row."""
+    return [spreadsheet_cell(value) for value in values]
 
 
 def duration(seconds: float) -> str:

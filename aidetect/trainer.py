@@ -144,7 +144,7 @@ class Trainer:
                 self._encode_captions(self.job.backbone, self.job.pretrained, None)
             detector = Detector(backbone=self.job.backbone, pretrained=self.job.pretrained)
         else:
-            from aidetect.hub import load_detector
+            from aidetect.loading import load_detector
 
             loaded = load_detector(self.job.weights, device="cpu")
             detector = loaded.detector

@@ -275,7 +275,8 @@ def test_compute_kind_without_torch_on_cpu(monkeypatch) -> None:
 def test_model_facts_match_what_loading_reports(detector_dir, hub_cache, tmp_path) -> None:
     from conftest import write_hub_cache
 
-    from aidetect.hub import file_sha256, load_detector, save_single_file
+    from aidetect.hub import file_sha256
+    from aidetect.loading import load_detector, save_single_file
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     write_hub_cache(hub_cache, "owner/name", detector_dir, commit=commit)

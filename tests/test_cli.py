@@ -51,7 +51,7 @@ def test_user_errors_are_one_line_with_their_exit_code(monkeypatch, capsys):
 
     monkeypatch.setattr(app_module, "app", failing_app)
     with pytest.raises(SystemExit) as exit_info:
-        app_module.main([])
+        app_module.main(["models"])
     assert exit_info.value.code == 4
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -65,7 +65,7 @@ def test_debug_variable_shows_the_traceback(monkeypatch):
     monkeypatch.setattr(app_module, "app", failing_app)
     monkeypatch.setenv("AIDETECT_DEBUG", "1")
     with pytest.raises(AidetectError, match="boom"):
-        app_module.main([])
+        app_module.main(["models"])
 
 
 def test_unknown_command_is_a_usage_error():
@@ -104,3 +104,133 @@ def test_a_closed_stdout_pipe_exits_141_and_ctrl_c_130(monkeypatch, capsys):
         raise KeyboardInterrupt
     assert exit_info.value.exit_code == 130
     assert capsys.readouterr().err == "aidetect: error: interrupted\n"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["scan", "photos", "--bogus"], "No such option: --bogus (see aidetect scan --help)"),
+    (["scan", "photos", "--format", "xml"], "Invalid value for '--format'"),
+    (["scan", "photos", "--threshold", "1.5"], "Invalid value for '--threshold'"),
+    (["convert", "x.pth"], "Missing option '--out'"),
+    (["no-such-command"], "No such command 'no-such-command'"),
+])
+def test_usage_errors_are_one_line_exit_2(args, expected, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        app_module.main(args)
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and captured.out == ""
+    assert captured.err.startswith("aidetect: error: ") and captured.err.count("\n") == 1
+    assert expected in captured.err
+    assert not any(box in captured.err for box in "╭│╰")  # not Typer's panel
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_no_arguments_shows_the_help_and_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        app_module.main([])
+    assert exit_info.value.code == 2 and "Usage: aidetect" in capsys.readouterr().out
+
+
+def test_help_still_exits_0(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        app_module.main(["scan", "--help"])
+    assert exit_info.value.code == 0 and "Usage: aidetect scan" in capsys.readouterr().out
+
+
+def test_an_unexpected_exception_is_an_internal_error_exit_70(monkeypatch, capsys):
+    from aidetect.errors import EXIT_INTERNAL
+
+    def buggy_app(**kwargs):
+        raise ZeroDivisionError("division by zero\nsecond line")
+
+    monkeypatch.setattr(app_module, "app", buggy_app)
+    monkeypatch.delenv("AIDETECT_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        app_module.main(["models"])
+    assert exit_info.value.code == EXIT_INTERNAL == 70
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("aidetect: error: internal error: ZeroDivisionError: division by "
+                            "zero second line (set AIDETECT_DEBUG=1 for the traceback; please "
+                            "report it)\n")
+    monkeypatch.setenv("AIDETECT_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        app_module.main(["models"])
+
+
+def test_an_unexpected_exception_in_a_real_command_exits_70(monkeypatch, capsys):
+    import aidetect.presets
+
+    def broken(*args, **kwargs):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(aidetect.presets, "load_presets", broken)
+    monkeypatch.delenv("AIDETECT_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        app_module.main(["models", "--json"])
+    assert exit_info.value.code == 70
+    assert "internal error: TypeError: unsupported operand" in capsys.readouterr().err
+
+
+COMMANDS = ("scan", "train", "finetune", "eval", "models", "convert", "push")
+# Lines each help must hold whole at 80 columns: nothing cut with an ellipsis, no list re-wrapped.
+WHOLE_LINES = {
+    "scan": ["aidetect scan ./photos --fail-on-ai         # exit 1 if an image is AI-made",
+             "0    every file found was scored",
+             "3    not every file was scored: some could not be, or none were found",
+             "70   internal error, a bug (AIDETECT_DEBUG=1 shows the traceback)",
+             "130  interrupted (Ctrl-C); the report of what was scanned is still written",
+             "141  the reader of stdout went away (aidetect scan ... | head)",
+             "2 and 4 win over 1, and 1 over 3."],
+    "train": ["DATA/<class>/{0_real,1_fake}."],
+    "finetune": ["DATA/<class>/{0_real,1_fake}."],
+    "eval": ["BENCH/<subset>/{0_real,1_fake}."],
+    "convert": ["aidetect convert fc_weights.pth --format univfd --out univfd-head",
+                "--out must be a new or empty folder (or a new file with --single-file)."],
+    "push": ["aidetect push runs/exp1 --repo me/my-detector"],
+    "models": ["aidetect models --json > models.json"],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_at_80_columns_keeps_every_line_whole(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as exit_info:
+        app_module.main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "…" not in out and "╭" not in out  # no truncated cell, no panel
+    lines = [line.strip() for line in out.splitlines()]
+    for whole in WHOLE_LINES[command]:
+        assert any(whole in line for line in lines), whole
+    mine = {"scan", "models", "convert", "push"}  # cli/train.py's epilogs are not \b blocks
+    if command in mine:
+        assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_models_table_and_json_spell_license_alike(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        app_module.main(["models"])
+    table = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        app_module.main(["models", "--json"])
+    document = capsys.readouterr().out
+    assert "license" in table and "licence" not in table
+    assert '"license"' in document and "licence" not in document
+
+
+def test_a_closed_pipe_outside_scan_exits_141_not_1(monkeypatch, capsys):
+    import errno
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    with pytest.raises(SystemExit) as exit_info:
+        app_module.main(["models", "--json"])
+    assert exit_info.value.code == 141

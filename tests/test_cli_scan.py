@@ -93,8 +93,10 @@ def test_json_report_has_every_file_once_and_fits_its_schema(capsys, photos, det
     assert errors["empty.png"] == "empty file" and "truncated" in errors["truncated.jpg"]
     assert "--max-pixels" in errors["bomb.png"] and "not a supported" in errors["text.jpg"]
     counts = report["counts"]
-    assert counts == {"total": 18, "scanned": 11, "ai_generated": counts["ai_generated"],
+    assert counts == {"found": 18, "total": 18, "scanned": 11,
+                      "ai_generated": counts["ai_generated"],
                       "real": 11 - counts["ai_generated"], "errors": 7, "declared_ai": 0}
+    assert report["complete"] is True and report["all_scored"] is False  # 7 errors: exit 3
     modes = {Path(r["path"]).name: (r["format"], r["mode"]) for r in report["results"]}
     assert modes["cmyk.jpg"] == ("JPEG", "CMYK") and modes["deep.png"][1].startswith("I")
     assert modes["palette.gif"] == ("GIF", "P") and modes["gray.tiff"] == ("TIFF", "L")
@@ -204,7 +206,10 @@ def test_ctrl_c_writes_the_partial_report_marked_incomplete(capsys, photos, dete
     code, _, err = scan(capsys, str(photos), "-w", str(detector_dir), "-o", str(output))
     report = json.loads(output.read_text())
     assert code == 130 and report["complete"] is False and len(report["results"]) == 2
-    assert "(incomplete)" in err
+    assert report["all_scored"] is False
+    found = report["counts"]["found"]
+    assert found > 2 and report["counts"]["total"] == 2  # what was found, what was scanned
+    assert f"(incomplete: interrupted after 2 of {found} files found)" in err
 
 
 def test_table_on_a_terminal_lists_ai_first(capsys, photos, detector_dir, monkeypatch):
@@ -227,7 +232,7 @@ def test_help_documents_the_exit_codes():
     result = CliRunner().invoke(app, ["scan", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for text in ("--fail-on-ai", "--exclude", "--follow-symlinks", "--max-pixels",
-                 "Exit codes", "4 the weights cannot be obtained"):
+                 "Exit codes", "4    the weights cannot be obtained"):
         assert text in result.output
 
 
@@ -282,12 +287,12 @@ def test_a_failure_mid_scan_keeps_the_partial_report(capsys, photos, detector_di
 
 def test_ctrl_c_before_the_scan_exits_130_with_one_line(capsys, photos, detector_dir,
                                                         monkeypatch):
-    import aidetect.hub
+    import aidetect.loading
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(aidetect.hub, "load_detector", interrupted)
+    monkeypatch.setattr(aidetect.loading, "load_detector", interrupted)
     code, out, err = scan(capsys, str(photos), "-w", str(detector_dir))
     assert (code, out, err) == (130, "", "aidetect: error: interrupted\n")
 
@@ -310,7 +315,7 @@ def small_folder(root: Path, count: int = 3, side: int = 48) -> Path:
 
 def test_a_rescan_reuses_every_score_without_loading_the_model(capsys, photos, detector_dir,
                                                                monkeypatch):
-    import aidetect.hub
+    import aidetect.loading
 
     code, out, err = scan(capsys, str(photos), "-w", str(detector_dir), "-f", "json", *BOMB)
     first = json.loads(out)
@@ -319,7 +324,7 @@ def test_a_rescan_reuses_every_score_without_loading_the_model(capsys, photos, d
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(aidetect.hub, "load_detector", no_model)
+    monkeypatch.setattr(aidetect.loading, "load_detector", no_model)
     code, out, err = scan(capsys, str(photos), "-w", str(detector_dir), "-f", "json", *BOMB)
     second = json.loads(out)
     jsonschema.validate(second, report_schema())
@@ -436,14 +441,14 @@ def test_edited_and_touched_files(capsys, tmp_path, detector_dir):
 def test_a_hub_detector_hits_offline(capsys, tmp_path, detector_dir, hub_cache, monkeypatch):
     from conftest import write_hub_cache
 
-    import aidetect.hub
+    import aidetect.loading
 
     folder = small_folder(tmp_path / "few")
     commit = "0123456789abcdef0123456789abcdef01234567"
     write_hub_cache(hub_cache, "owner/name", detector_dir, commit=commit)
     code, out, _ = scan(capsys, str(folder), "-w", "hf://owner/name", "-f", "json")
     first = json.loads(out)
-    monkeypatch.setattr(aidetect.hub, "load_detector", None)  # calling it would fail
+    monkeypatch.setattr(aidetect.loading, "load_detector", None)  # calling it would fail
     code, out, _ = scan(capsys, str(folder), "-w", "hf://owner/name", "-f", "json")
     second = json.loads(out)
     assert code == 0 and all(r["cached"] for r in second["results"])
@@ -551,3 +556,14 @@ def test_cached_results_keep_their_html_thumbnails(capsys, tmp_path, detector_di
     assert code == 0 and "3 of 3 files reused" in err
     assert pages[0].count("data:image/jpeg;base64,") == 3
     assert pages[1].count("data:image/jpeg;base64,") == 3
+def test_csv_report_guards_a_formula_file_name(capsys, tmp_path, detector_dir, monkeypatch):
+    from conftest import random_image
+
+    name = '=HYPERLINK("evil.example","click").png'
+    random_image(64, 64).save(tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = scan(capsys, name, "-w", str(detector_dir), "-f", "csv")
+    rows = list(csv.DictReader(io.StringIO(out, newline="")))
+    assert code == 0 and [row["path"] for row in rows] == ["'" + name]
+    code, out, _ = scan(capsys, name, "-w", str(detector_dir), "-f", "jsonl")
+    assert json.loads(out.splitlines()[0])["path"] == name  # JSONL: the exact name

@@ -136,17 +136,17 @@ def test_eval_calibrate_writes_the_threshold(cli_run, tmp_path, capsys):
 def test_calibrate_refuses_a_reference_that_is_not_a_local_folder(
     cli_run, tmp_path, capsys, monkeypatch
 ):
-    from aidetect import hub
+    from aidetect import loading
 
     root, _ = cli_run
-    real_load = hub.load_detector
+    real_load = loading.load_detector
 
     def from_the_hub(reference, *, device="cpu"):
         loaded = real_load(str(root / "run"), device=device)
         loaded.source = "hub"
         return loaded
 
-    monkeypatch.setattr(hub, "load_detector", from_the_hub)
+    monkeypatch.setattr(loading, "load_detector", from_the_hub)
     bench = write_labelled_folder(tmp_path / "bench" / "a", n=2).parent
     code, _, err = _run(["eval", "--weights", "hf://someone/detector", "--data", str(bench),
                          "--device", "cpu", "--calibrate", "0.01"], capsys)
@@ -217,17 +217,17 @@ def test_eval_shows_hostile_subset_names_as_they_are(cli_run, tmp_path, capsys):
 
 
 def test_eval_weights_default_to_the_univfd_preset(cli_run, tmp_path, capsys, monkeypatch):
-    from aidetect import hub
+    from aidetect import loading
 
     root, _ = cli_run
     asked = []
-    real_load = hub.load_detector
+    real_load = loading.load_detector
 
     def load(reference, *, device="cpu"):
         asked.append(reference)
         return real_load(str(root / "run"), device=device)  # univfd itself needs a download
 
-    monkeypatch.setattr(hub, "load_detector", load)
+    monkeypatch.setattr(loading, "load_detector", load)
     bench = write_labelled_folder(tmp_path / "bench" / "a", n=2).parent
     code, out, err = _run(["eval", "--data", str(bench), "--device", "cpu", "--workers", "0",
                            "--quiet", "--format", "json"], capsys)

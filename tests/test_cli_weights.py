@@ -47,7 +47,7 @@ def test_models_lists_presets_and_cached_detectors(hub_cache: Path, detector_dir
 
 
 def test_convert_writes_a_loadable_detector(tmp_path: Path, capsys) -> None:
-    from aidetect.hub import load_detector
+    from aidetect.loading import load_detector
 
     torch.save(authors_checkpoint(merged=False), tmp_path / "model_epoch_step2.pth")
     code, out, err = run(["convert", str(tmp_path / "model_epoch_step2.pth"),

@@ -107,7 +107,7 @@ def checkpoint_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_dgs_net_conversion_matches_direct_computation(tmp_path: Path, merged: bool) -> None:
     from aidetect.config import DGS_PREPROCESS
     from aidetect.convert import convert_checkpoint
-    from aidetect.hub import load_detector
+    from aidetect.loading import load_detector
 
     state = authors_checkpoint(merged=merged, seed=int(merged))
     source = tmp_path / "model_epoch_step2.pth"
@@ -138,7 +138,7 @@ def test_dgs_net_conversion_matches_direct_computation(tmp_path: Path, merged: b
 def test_converted_folder_loads_without_open_clip_registry(checkpoint_file: Path,
                                                           tmp_path: Path) -> None:
     from aidetect.convert import convert_checkpoint
-    from aidetect.hub import load_detector
+    from aidetect.loading import load_detector
 
     convert_checkpoint(checkpoint_file, tmp_path / "out")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -151,7 +151,7 @@ def test_converted_folder_loads_without_open_clip_registry(checkpoint_file: Path
 
 def test_single_file_output_scores_like_the_folder(checkpoint_file: Path, tmp_path: Path) -> None:
     from aidetect.convert import convert_checkpoint
-    from aidetect.hub import load_detector
+    from aidetect.loading import load_detector
 
     convert_checkpoint(checkpoint_file, tmp_path / "folder")
     convert_checkpoint(checkpoint_file, tmp_path / "one.safetensors", single_file=True)
@@ -212,7 +212,7 @@ def test_head_only_folder_builds_its_tower_from_the_pretrained_weights(
     import open_clip
     from safetensors.torch import save_file
 
-    from aidetect.hub import load_detector
+    from aidetect.loading import load_detector
 
     torch.manual_seed(0)
     clip = open_clip.create_model(tiny_backbone, pretrained=None)
@@ -236,7 +236,8 @@ def test_pickles_with_objects_are_refused(tmp_path: Path) -> None:
 
     path = tmp_path / "evil.pth"
     torch.save({"weight": torch.zeros(1), "payload": Payload()}, path)
-    with pytest.raises(WeightsError, match="weights_only=True"):
+    with pytest.raises(WeightsError, match="not a weights-only checkpoint; it may run code when "
+                                           "loaded, so aidetect will not open it"):
         load_checkpoint(path)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="not a PyTorch checkpoint|weights_only"):
@@ -257,3 +258,116 @@ def test_layout_errors_are_one_line(tmp_path: Path) -> None:
     torch.save(state, tmp_path / "nohead.pth")
     with pytest.raises(WeightsError, match="no image head"):
         convert_checkpoint(tmp_path / "nohead.pth", tmp_path / "out")
+
+
+# --- hostile and broken checkpoints through the CLI: one line, exit 4, nothing written --------
+class Shell:
+    """A `__reduce__` payload: unpickling it would run a shell command."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+def run_convert(capsys, *args: str) -> tuple[int, str, str]:
+    from aidetect.cli.app import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", *args])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def _broken_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    import pickle
+
+    cases = {}
+    text = tmp_path / "garbage.pth"
+    text.write_text("hello world, this is not a checkpoint\n")
+    cases["text"] = (text, "not a PyTorch checkpoint")
+    raw = tmp_path / "evil.pth"
+    raw.write_bytes(pickle.dumps(Shell()))
+    cases["raw pickle payload"] = (raw, "not a weights-only checkpoint; it may run code when "
+                                        "loaded, so aidetect will not open it")
+    zipped = tmp_path / "evil-zip.pth"
+    torch.save({"weight": torch.zeros(1), "x": Shell()}, zipped)
+    cases["torch.save payload"] = (zipped, "not a weights-only checkpoint; it may run code")
+    integer = tmp_path / "intkey.pth"
+    torch.save({1: torch.zeros(2), "weight": torch.zeros(1, 768)}, integer)
+    cases["integer key"] = (integer, "tensor key 1 is not a name")
+    state = authors_checkpoint(merged=False)
+    flat = dict(state, **{"clip_model.visual.conv1.weight": torch.zeros(128, 3, 32)})
+    torch.save(flat, tmp_path / "conv3d.pth")
+    cases["3-D conv1"] = (tmp_path / "conv3d.pth", "conv1.weight has shape (128, 3, 32)")
+    empty = dict(state, **{"clip_model.visual.conv1.weight": torch.zeros(0, 3, 32, 32)})
+    torch.save(empty, tmp_path / "width0.pth")
+    cases["width 0"] = (tmp_path / "width0.pth", "conv1.weight has shape (0, 3, 32, 32)")
+    lora = dict(state)
+    lora["clip_model.visual.transformer.resblocks.0.attn.q_proj.w_lora_A"] = torch.zeros(3, 5)
+    torch.save(lora, tmp_path / "lora.pth")
+    cases["LoRA factor shape"] = (tmp_path / "lora.pth", "tensor shapes that do not fit")
+    return cases
+
+
+def test_broken_and_hostile_checkpoints_are_one_line_exit_4(tmp_path: Path, capsys) -> None:
+    for name, (path, expected) in _broken_checkpoints(tmp_path).items():
+        out = tmp_path / f"out-{path.stem}"
+        code, stdout, stderr = run_convert(capsys, str(path), "--out", str(out))
+        assert code == 4, (name, stderr)
+        assert stdout == "" and stderr.count("\n") == 1, (name, stderr)
+        assert stderr.startswith(f"aidetect: error: {path}: ") and expected in stderr, name
+        assert "Traceback" not in stderr and not out.exists(), name
+
+
+def test_convert_refuses_an_out_folder_holding_files(tmp_path: Path, capsys) -> None:
+    torch.save({"weight": torch.zeros(1, 768), "bias": torch.zeros(1)}, tmp_path / "fc.pth")
+    out = tmp_path / "proj"
+    out.mkdir()
+    (out / "README.md").write_text("my notes")
+    code, stdout, stderr = run_convert(capsys, str(tmp_path / "fc.pth"), "--out", str(out))
+    assert (code, stdout) == (2, "") and stderr.count("\n") == 1
+    assert stderr.startswith(f"aidetect: error: --out {out}: a folder that is not empty")
+    assert [p.name for p in out.iterdir()] == ["README.md"]
+    assert (out / "README.md").read_text() == "my notes"
+    single = tmp_path / "det.safetensors"
+    single.write_bytes(b"mine")
+    code, _, stderr = run_convert(capsys, str(tmp_path / "fc.pth"), "--out", str(single),
+                                  "--single-file")
+    assert code == 2 and "already exists" in stderr and single.read_bytes() == b"mine"
+
+
+def test_convert_writes_into_an_empty_folder(tmp_path: Path, capsys) -> None:
+    torch.save({"weight": torch.zeros(1, 768), "bias": torch.zeros(1)}, tmp_path / "fc.pth")
+    out = tmp_path / "empty"
+    out.mkdir()
+    code, stdout, _ = run_convert(capsys, str(tmp_path / "fc.pth"), "--out", str(out), "-q")
+    assert (code, stdout.strip()) == (0, str(out))
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_damaged_checkpoints_are_one_line_weights_errors(tmp_path: Path, zipped: bool) -> None:
+    """Bytes flipped or cut anywhere in a checkpoint (both torch layouts): a checkpoint or a
+    one-line WeightsError, never another exception."""
+    import random
+
+    from aidetect.safe_pickle import load_checkpoint
+
+    base = tmp_path / "base.pth"
+    torch.save({"a": torch.zeros(3), "b": torch.ones(2, 2)}, base,
+               _use_new_zipfile_serialization=zipped)
+    data = base.read_bytes()
+    rng = random.Random(0)
+    for i in range(150):
+        damaged = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            damaged = damaged[:rng.randrange(len(damaged))]
+        path = tmp_path / f"damaged-{i}.pth"
+        path.write_bytes(bytes(damaged))
+        try:
+            load_checkpoint(path)
+        except WeightsError as error:
+            assert "\n" not in str(error) and str(error).startswith(str(path))

@@ -535,6 +535,34 @@ def test_exif_orientation_is_applied(tmp_path: Path):
     assert _near(plain.image.getpixel((4, 4)), RED)
 
 
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGBA", "RGB"])
+def test_exif_orientation_of_uncompressed_tiffs(tmp_path: Path, mode: str):
+    """Pillow memory-maps these (not RGB) and, with orientation 6, laid them out 80x40 with
+    scrambled pixels: an 80x40 TIFF must decode as 40x80, its top-left corner at top-right."""
+    stored = np.zeros((40, 80), dtype=np.uint8)
+    stored[:10, :10] = 255  # the stored top-left corner
+    if mode == "I;16":
+        image = Image.fromarray(stored.astype(np.uint16) * 257)
+    elif mode == "L":
+        image = Image.fromarray(stored)
+    else:
+        image = Image.fromarray(stored).convert(mode)
+    assert image.mode == mode
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / f"rotated-{mode.replace(';', '')}.tiff"
+    image.save(path, exif=exif)
+    decoded = open_image(path)
+    assert (decoded.width, decoded.height) == (40, 80) and decoded.mode == mode
+    expected = np.zeros((80, 40), dtype=np.uint8)
+    expected[:10, -10:] = 255  # now the top-right corner
+    gray = np.asarray(decoded.image.convert("L"))
+    if mode == "RGBA":  # opaque white and black composite to themselves
+        assert np.array_equal(gray, expected)
+    else:
+        assert np.array_equal(gray > 127, expected > 127)
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "GIF"])
 def test_palette_transparency_is_composited_on_white(tmp_path: Path, fmt: str):
     image = Image.new("P", (4, 1))

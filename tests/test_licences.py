@@ -128,8 +128,8 @@ def test_a_hub_start_fetches_its_licence_files_from_the_same_commit(
     import huggingface_hub
     from conftest import write_hub_cache
 
-    from aidetect.hub import load_detector
     from aidetect.licences import copy_licence_files
+    from aidetect.loading import load_detector
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     folder = converted_univfd_on_tiny_tower(tmp_path, tiny_backbone)

@@ -137,9 +137,9 @@ def test_json_lists_every_file_once_in_add_order_and_matches_the_schema(results)
     assert {k: v for k, v in report.items() if k != "results"} == info.to_dict()
     assert report["model"]["sha256"] == SHA and report["model"]["revision"] == "a" * 40
     counts = report["counts"]
-    assert counts == {"total": 6, "scanned": 4, "ai_generated": 2, "real": 2, "errors": 2,
-                      "declared_ai": 0}
-    assert report["complete"] is True
+    assert counts == {"found": 6, "total": 6, "scanned": 4, "ai_generated": 2, "real": 2,
+                      "errors": 2, "declared_ai": 0}
+    assert report["complete"] is True and report["all_scored"] is False  # 2 errors
 
 
 def test_the_schema_rejects_what_the_writers_never_write(results) -> None:
@@ -241,6 +241,29 @@ def test_csv_has_the_result_columns_and_one_row_per_file(results) -> None:
     assert rows[2]["score"] == "" and rows[2]["error"] == "cannot decode: truncated file"
 
 
+def test_csv_guards_cells_a_spreadsheet_would_run_as_formulas() -> None:
+    names = ['=HYPERLINK("evil.example","click").png', "+1.png", "-x.png", "@SUM(A1).png",
+             "\tx.png", "\rx.png", "plain.png", "a=b.png"]
+    results = [_scored(name, 0.9) for name in names]
+    results[0].logit = -3.5  # a negative number stays a number
+    results.append(ImageResult(path="e.png", error="=cmd|' /C calc'!A0"))
+    info = _info(results)
+    rows = list(csv.DictReader(io.StringIO(_write("csv", results, info), newline="")))
+    assert [row["path"] for row in rows] == [
+        "'" + n if n[0] in "=+-@\t\r" else n for n in names] + ["e.png"]
+    assert rows[0]["logit"] == "-3.5" and rows[-1]["error"] == "'=cmd|' /C calc'!A0"
+    document = json.loads(_write("json", results, info))  # JSON keeps the exact strings
+    assert [r["path"] for r in document["results"]][:len(names)] == names
+
+
+def test_spreadsheet_cell_leaves_numbers_and_plain_text() -> None:
+    from aidetect.text import spreadsheet_cell, spreadsheet_row
+
+    assert spreadsheet_cell(-1.5) == -1.5 and spreadsheet_cell(0) == 0
+    assert spreadsheet_cell("") == "" and spreadsheet_cell("mean") == "mean"
+    assert spreadsheet_row(["-sdxl", 0.5, -2]) == ["'-sdxl", 0.5, -2]
+
+
 # --- table -----------------------------------------------------------------------------------
 
 
@@ -334,23 +357,28 @@ def test_html_is_self_contained_with_the_summary_on_top(results) -> None:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_an_interrupted_scan_is_marked_incomplete(fmt: str, results) -> None:
-    done = results[:3]  # Ctrl-C after three files: the report covers them
+    done = results[:3]  # Ctrl-C after three of the 60 files found: the report covers them
     info = _info(done, complete=False)
+    info.counts.found = 60
     text = _write(fmt, done, info)
-    if fmt == "json":
-        assert json.loads(text)["complete"] is False
-    elif fmt == "jsonl":
-        lines = [json.loads(line) for line in text.splitlines()]
-        assert lines[-1]["summary"]["complete"] is False and len(lines) == 4
+    if fmt in ("json", "jsonl"):
+        lines = [json.loads(line) for line in text.splitlines()] if fmt == "jsonl" else []
+        head = json.loads(text) if fmt == "json" else lines[-1]["summary"]
+        assert head["complete"] is False and head["all_scored"] is False
+        assert (head["counts"]["found"], head["counts"]["total"]) == (60, 3)
+        assert fmt == "json" or len(lines) == 4
     elif fmt == "csv":
         assert len(list(csv.DictReader(io.StringIO(text)))) == 3
     elif fmt == "table":
-        assert "Incomplete: the scan was interrupted" in text
-        assert text.rstrip().endswith("(incomplete)")
+        assert ("Incomplete: the scan was interrupted after 3 of 60 files found; this report "
+                "covers those 3.") in text
+        assert text.rstrip().endswith("(incomplete: interrupted after 3 of 60 files found)")
     else:
         parser = _Figures()
         parser.feed(text)
         assert "incomplete" in parser.classes and "Incomplete:" in text
+        assert "interrupted after 3 of 60 files found" in text
+        assert "no (1 error, 57 not reached)" in text  # the "all scored" row
         assert len(parser.figures) == 3
 
 
@@ -458,7 +486,7 @@ def test_summary_line_gives_counts_device_time_and_rate(results) -> None:
     one.elapsed_seconds = 125.0
     assert summary_line(one) == (
         "1 scanned: 0 AI-generated, 1 real, 1 error · cpu (2 threads) · 2 min 5 s"
-        " · 0.02 images/s (incomplete)"
+        " · 0.02 images/s (incomplete: interrupted after 2 of 2 files found)"
     )
 
 

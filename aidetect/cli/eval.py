@@ -141,7 +141,7 @@ def eval_command(
         too_few_real_images,
         write_threshold,
     )
-    from aidetect.hub import load_detector
+    from aidetect.loading import load_detector
     from aidetect.metrics import CALIBRATION_FPRS
 
     torch_device = resolve_device(device)

@@ -28,34 +28,37 @@ from aidetect.config import DEFAULT_MAX_PIXELS
 if TYPE_CHECKING:
     from aidetect.provenance import ProvenanceSettings
 
-SCAN_EXAMPLES = """
-Examples:
+# Click's help formatter re-wraps paragraphs to the terminal; "\b" keeps a block's lines as
+# they are (each under 80 columns).
+SCAN_EXAMPLES = """Examples:
 
-  aidetect scan ./photos                          # a table on a terminal
-
-  aidetect scan a.jpg dir/ more/                  # files and folders, mixed
-
-  find /data -name '*.png' | aidetect scan -      # paths from stdin
-
-  aidetect scan ./photos | jq .                   # piped: JSON Lines
-
+\b
+  aidetect scan ./photos                      # a table on a terminal
+  aidetect scan a.jpg dir/ more/              # files and folders, mixed
+  find /data -name '*.png' | aidetect scan -  # paths from stdin
+  aidetect scan ./photos | jq .               # piped: JSON Lines
   aidetect scan ./photos --format html --output report.html
+  aidetect scan ./photos --weights ./my-detector --threshold 0.7
+  aidetect scan ./photos --fail-on-ai         # exit 1 if an image is AI-made
 
-  aidetect scan ./photos --weights ./my-detector --device cuda --threshold 0.7
+\b
+  aidetect scan ./photos --fail-on-declared-ai  # exit 1 if a file declares AI
+  aidetect scan ./photos --trust-anchors roots.pem  # trusted C2PA signers
+  aidetect scan ./photos --no-cache           # score every file again
+  torchrun --nproc_per_node 8 -m aidetect scan /data -f json -o report.json
 
-  aidetect scan ./photos --fail-on-ai             # exit 1 if any image is AI-generated
-
-  aidetect scan ./photos --fail-on-declared-ai   # exit 1 if a file declares AI
-
-  aidetect scan ./photos --trust-anchors roots.pem   # trusted C2PA signers
-
-  aidetect scan ./photos --no-cache               # score every file again, keep nothing
-
-Exit codes: 0 every file scanned; 1 --fail-on-ai and an image judged AI-generated (or
---fail-on-declared-ai and a file whose metadata declares it); 2 usage
-error (bad option, missing path, unavailable device); 3 incomplete (some files could not be
-scored, or none found); 4 the weights cannot be obtained or loaded; 130 interrupted (the report
-of what was scanned is still written, marked incomplete). 2 and 4 win over 1, and 1 over 3.
+\b
+Exit codes:
+  0    every file found was scored
+  1    --fail-on-ai was given and an image is judged AI-generated, or
+       --fail-on-declared-ai was given and a file declares AI generation
+  2    usage error: bad option, missing path, unavailable device
+  3    not every file was scored: some could not be, or none were found
+  4    the weights cannot be obtained or loaded
+  70   internal error, a bug (AIDETECT_DEBUG=1 shows the traceback)
+  130  interrupted (Ctrl-C); the report of what was scanned is still written
+  141  the reader of stdout went away (aidetect scan ... | head)
+2 and 4 win over 1, and 1 over 3.
 """
 
 _EXTENSION_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
@@ -145,7 +148,11 @@ def scan_command(
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
 ) -> None:
-    """Score images: the probability that each was made by a generative model."""
+    """Score images: the probability that each is AI-generated.
+
+    The probability that each image was made by a generative model, with a verdict from the
+    detector's threshold.
+    """
     from aidetect.errors import UsageError
 
     if not paths:
@@ -221,7 +228,13 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     from aidetect.cli.console import err_console
     from aidetect.data import find_images
     from aidetect.distributed_scan import join_scan_group
-    from aidetect.errors import EXIT_AI_FOUND, EXIT_INCOMPLETE, EXIT_OK, AidetectError
+    from aidetect.errors import (
+        EXIT_AI_FOUND,
+        EXIT_INCOMPLETE,
+        EXIT_INTERRUPTED,
+        EXIT_OK,
+        AidetectError,
+    )
     from aidetect.incremental import open_session
     from aidetect.report import needs_thumbnails, open_report, summary_line
     from aidetect.results import ScanInfo
@@ -248,7 +261,7 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
         if plan.misses or session.facts is None:
             scanner, info = _load_scanner(session, plan, weights=weights, device=device,
                                           threshold=threshold, precision=precision,
-                                          threads=threads, group=group)
+                                          threads=threads, group=group, quiet=quiet)
             info.started = started_at
         else:
             scanner = None
@@ -262,6 +275,7 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
         if not candidates and not quiet:
             err_console.print(f"[yellow]warning:[/] no images found under "
                               f"{escape(', '.join(paths))}", soft_wrap=True)
+        info.counts.found = len(candidates)
         started = time.perf_counter() - plan.seconds
         failure: BaseException | None = None
 
@@ -304,27 +318,27 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     if output is not None and not quiet:
         err_console.print(f"report written to {output}", soft_wrap=True, markup=False)
     if not info.complete:
-        return 130
+        return EXIT_INTERRUPTED
     if ((fail_on_ai and info.counts.ai_generated)
             or (fail_on_declared_ai and info.counts.declared_ai)):
         return EXIT_AI_FOUND
-    if info.counts.errors or info.counts.total == 0:
-        return EXIT_INCOMPLETE
-    return EXIT_OK
+    return EXIT_OK if info.all_scored else EXIT_INCOMPLETE
 
 
 def _load_scanner(session, plan, *, weights: str, device: str, threshold: float | None,
-                  precision: str, threads: int | None, group=None):
+                  precision: str, threads: int | None, group=None, quiet: bool = False):
     """Load the detector for the misses: (the Scanner, the report header without `started`)."""
     from aidetect import __version__
+    from aidetect.cli.console import download_notice
     from aidetect.devices import resolve_device
-    from aidetect.hub import load_detector
+    from aidetect.loading import load_detector
     from aidetect.results import ModelInfo, ScanInfo
 
     torch_device = session.device if session.device is not None else resolve_device(device)
     if group is not None:
         torch_device = group.device(torch_device)  # cuda -> this process's GPU
-    loaded = load_detector(weights, device=str(torch_device))
+    loaded = load_detector(weights, device=str(torch_device),
+                           on_download=download_notice(quiet=quiet))
     detector = loaded.detector
     scanner = _scanner(detector, torch_device, threshold, precision, threads)
     session.confirm(plan, sha256=loaded.sha256, preprocess=detector.preprocess_config,
@@ -372,7 +386,7 @@ def _follow_lead(group, *, weights: str, device: str, threshold: float | None, p
     when every file was cached) and send the results; the lead writes the report."""
     from aidetect.devices import resolve_device
     from aidetect.errors import EXIT_OK
-    from aidetect.hub import load_detector
+    from aidetect.loading import load_detector
 
     misses = group.share([])
     if not misses:

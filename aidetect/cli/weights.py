@@ -20,14 +20,14 @@ FormatChoice = Annotated[
 
 @app.command(
     "models",
-    epilog="Examples:\n\n"
-    "  aidetect models\n\n"
+    epilog="Examples:\n\n\b\n"
+    "  aidetect models\n"
     "  aidetect models --json > models.json",
 )
 def models(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List the presets, and the detectors found in the Hugging Face cache."""
+    """List the presets and the detectors in the Hugging Face cache."""
     from rich.console import Console
     from rich.table import Table
 
@@ -56,7 +56,7 @@ def models(
         return
     out = Console(highlight=False, soft_wrap=True)
     table = Table(title="Presets (--weights NAME)", title_justify="left")
-    for column in ("name", "backbone", "preprocessing", "threshold", "licence"):
+    for column in ("name", "backbone", "preprocessing", "threshold", "license"):
         table.add_column(column)
     for p in presets.values():
         table.add_row(p.name, f"{p.backbone} ({p.pretrained})", p.preprocess["method"],
@@ -76,10 +76,12 @@ def models(
 
 @app.command(
     "convert",
-    epilog="Examples:\n\n"
-    "  aidetect convert model_epoch_step2.pth --out dgs-net-official\n\n"
-    "  aidetect convert model_epoch_step2.pth --out dgs-net.safetensors --single-file\n\n"
-    "  aidetect convert fc_weights.pth --format univfd --out univfd-head",
+    epilog="Examples:\n\n\b\n"
+    "  aidetect convert model_epoch_step2.pth --out dgs-net-official\n"
+    "  aidetect convert model_epoch_step2.pth --out dgs-net.safetensors \\\n"
+    "      --single-file\n"
+    "  aidetect convert fc_weights.pth --format univfd --out univfd-head\n\n"
+    "--out must be a new or empty folder (or a new file with --single-file).",
 )
 def convert(
     checkpoint: Annotated[str, typer.Argument(help="A PyTorch checkpoint (.pth, .pt).")],
@@ -130,9 +132,9 @@ def _num(value: float | None) -> str:
 
 @app.command(
     "push",
-    epilog="Examples:\n\n"
-    "  aidetect push runs/exp1 --repo me/my-detector --dry-run\n\n"
-    "  aidetect push runs/exp1 --repo me/my-detector\n\n"
+    epilog="Examples:\n\n\b\n"
+    "  aidetect push runs/exp1 --repo me/my-detector --dry-run\n"
+    "  aidetect push runs/exp1 --repo me/my-detector\n"
     "  HF_TOKEN=hf_xxx aidetect push runs/exp1 --repo me/my-detector --private",
 )
 def push(

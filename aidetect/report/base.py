@@ -30,7 +30,13 @@ def summary_line(info: ScanInfo) -> str:
         f" · {terminal_safe(info.device)} · {duration(info.elapsed_seconds)}"
         f" · {rate(info.images_per_second)} images/s"
     )
-    return line if info.complete else f"{line} (incomplete)"
+    return line if info.complete else f"{line} (incomplete: {interrupted_text(info)})"
+
+
+def interrupted_text(info: ScanInfo) -> str:
+    """"interrupted after 1 of 60 files found": how far an incomplete scan got."""
+    c = info.counts
+    return f"interrupted after {c.total} of {c.found_files} files found"
 
 
 class ReportWriter:

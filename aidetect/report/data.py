@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from aidetect.report.base import (
@@ -19,7 +20,7 @@ from aidetect.report.base import (
     result_dict,
 )
 from aidetect.results import RESULT_FIELDS, ImageResult, ScanInfo
-from aidetect.text import clean
+from aidetect.text import clean, spreadsheet_row
 
 
 class JsonWriter(ReportWriter):
@@ -55,14 +56,32 @@ CSV_FIELDS = tuple(k for k in RESULT_FIELDS if k != "provenance") + PROVENANCE_C
 
 class CsvWriter(ReportWriter):
     """A header of `CSV_FIELDS` (the result's fields, the provenance flattened into text
-    columns), then one row per file in add order; null is an empty cell."""
+    columns), then one row per file in add order; null is an empty cell.
+
+    Written by `csv_text`: text cells that a spreadsheet would run as a formula (a file named
+    `=HYPERLINK(...).png`) start with a single quote; JSON and JSONL keep the exact strings.
+    """
 
     def render(self, info: ScanInfo) -> str:
-        buffer = io.StringIO()
-        # "\n": the stream or file adds the platform's line ending when it is written.
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(CSV_FIELDS)
+        rows = []
         for result in self.results:
             row = {**result_dict(result), **clean(provenance_cells(result))}
-            writer.writerow("" if row[k] is None else row[k] for k in CSV_FIELDS)
-        return buffer.getvalue()
+            rows.append(["" if row[k] is None else row[k] for k in CSV_FIELDS])
+        return csv_text(CSV_FIELDS, rows)
+
+
+def csv_text(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    """CSV text, lines ending in "\n" (the stream or file adds the platform's line ending).
+
+    Every text cell goes through `spreadsheet_cell` (OWASP's guard against formulas; numbers
+    are left alone). A row with a carriage return in a cell is quoted in full: Python's csv
+    module before 3.12 leaves a lone "\r" unquoted, and readers take it for a line end.
+    """
+    buffer = io.StringIO()
+    minimal = csv.writer(buffer, lineterminator="\n")
+    quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
+    for row in (header, *rows):
+        cells = spreadsheet_row(row)
+        has_cr = any(isinstance(cell, str) and "\r" in cell for cell in cells)
+        (quoted if has_cr else minimal).writerow(cells)
+    return buffer.getvalue()

@@ -10,6 +10,7 @@ from typing import Any
 from aidetect.provenance.evidence import declaration_text
 from aidetect.report.base import (
     ReportWriter,
+    interrupted_text,
     score_text,
     size_text,
     split_results,
@@ -53,8 +54,8 @@ class HtmlWriter(ReportWriter):
         if not info.complete:
             parts.append(
                 '<p class="incomplete" role="alert"><strong>Incomplete:</strong> the scan was '
-                f"interrupted; this report covers the {info.counts.total} files read before it "
-                "stopped.</p>"
+                f"{_esc(interrupted_text(info))}; this report covers those "
+                f"{info.counts.total}.</p>"
             )
         parts.append(f'<p class="summary">{_esc(summary_line(info))}</p>')
         parts.append(_info_list(head))
@@ -99,6 +100,18 @@ def _card(result: ImageResult) -> str:
     return f'<figure {attrs}>{thumb}<figcaption>{" ".join(caption)}</figcaption></figure>'
 
 
+def _not_scored(counts: dict[str, int]) -> str:
+    """Why not every file found got a score, e.g. "no (1 error)"."""
+    missing = counts["found"] - counts["total"]
+    reasons = [f"{counts['errors']} error" + ("" if counts["errors"] == 1 else "s")
+               ] if counts["errors"] else []
+    if missing:
+        reasons.append(f"{missing} not reached")
+    if not counts["found"]:
+        reasons.append("no files found")
+    return f"no ({', '.join(reasons)})" if reasons else "no"
+
+
 def _info_list(head: dict[str, Any]) -> str:
     model = head["model"]
     rows = [
@@ -113,6 +126,7 @@ def _info_list(head: dict[str, Any]) -> str:
         ("started", head["started"]),
         ("finished", head["finished"]),
         ("complete", "yes" if head["complete"] else "no (interrupted)"),
+        ("all scored", "yes" if head["all_scored"] else _not_scored(head["counts"])),
         ("aidetect", head["tool"]["version"]),
     ]
     items = "".join(

@@ -12,6 +12,7 @@ from rich.text import Text
 from aidetect.report.base import (
     ReportWriter,
     declared_mark,
+    interrupted_text,
     score_text,
     size_text,
     split_results,
@@ -60,8 +61,8 @@ class TableWriter(ReportWriter):
             console.print(self._table())
         if not info.complete:
             console.print(Text(
-                f"Incomplete: the scan was interrupted; this report covers the "
-                f"{info.counts.total} files read before it stopped.", style="bold yellow",
+                f"Incomplete: the scan was {interrupted_text(info)}; this report covers "
+                f"those {info.counts.total}.", style="bold yellow",
             ))
         console.print(Text(summary_line(info), style="bold" if info.complete else "yellow"),
                       soft_wrap=True)
