@@ -150,9 +150,13 @@ def _weights_name() -> str:
 
 
 # --- local folders and single files ------------------------------------------------------------
-def check_config(config: dict[str, Any], source: str) -> None:
+def check_config(config: dict[str, Any], source: str, *, architecture: bool = True) -> None:
     """Refuse configs that are not a detector's, come from a newer aidetect, or hold a wrongly
-    typed field (`aidetect.saved_config`), in one line naming `source`."""
+    typed field (`aidetect.saved_config`), in one line naming `source`.
+
+    `architecture=False` leaves out the embedded open_clip architecture, whose check imports
+    open_clip (and torch): the score cache reads configs without loading a model.
+    """
     from aidetect import __version__
     from aidetect.config import FORMAT_VERSION
     from aidetect.saved_config import check_saved_config
@@ -166,7 +170,7 @@ def check_config(config: dict[str, Any], source: str) -> None:
             f"format {version}; this aidetect {__version__} reads up to {FORMAT_VERSION}): "
             "upgrade aidetect (pip install -U aidetect)"
         )
-    check_saved_config(config, source)
+    check_saved_config(config, source, architecture=architecture)
 
 
 def load_folder(folder: Path, *, device: str, on_download: OnDownload | None = None):

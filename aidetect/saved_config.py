@@ -88,7 +88,7 @@ VISION_CFG_FIELDS: dict[str, tuple[Check, str]] = {
 }
 
 
-def check_saved_config(config: Any, source: str) -> None:
+def check_saved_config(config: Any, source: str, *, architecture: bool = True) -> None:
     """Raise a `WeightsError` naming `source` and the field when `config` has a wrong value.
 
     Checks the type and range of every known field that is present, the preprocessing (that
@@ -105,7 +105,8 @@ def check_saved_config(config: Any, source: str) -> None:
         for key in ("embed_dim", "vision_cfg"):
             if key not in model_cfg:
                 raise WeightsError(f"{source}: field 'model_cfg' lacks '{key}'")
-        _check_vision_cfg(model_cfg["vision_cfg"], source)
+        if architecture:  # imports open_clip
+            _check_vision_cfg(model_cfg["vision_cfg"], source)
 
 
 def _check_vision_cfg(vision_cfg: dict[str, Any], source: str) -> None:

@@ -82,8 +82,8 @@ def read_model_facts(reference: str, *, sha256_of: Callable[[Path], str | None]
     """
     from aidetect.config import CONFIG_NAME, WEIGHTS_NAME
     from aidetect.errors import WeightsError
-    from aidetect.hub import _check_config, fetch_hub_detector, weights_errors
-    from aidetect.loading import parse_reference, read_single_file_config
+    from aidetect.hub import fetch_hub_detector, weights_errors
+    from aidetect.loading import check_config, parse_reference, read_single_file_config
 
     ref = parse_reference(reference)
     revision = None
@@ -113,7 +113,7 @@ def read_model_facts(reference: str, *, sha256_of: Callable[[Path], str | None]
         weights = folder / WEIGHTS_NAME
         try:
             config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-            _check_config(config, str(folder / CONFIG_NAME))
+            check_config(config, str(folder / CONFIG_NAME), architecture=False)
         except (OSError, ValueError, WeightsError):  # ValueError: JSON, UTF-8
             return None
     digest = sha256_of(weights)

@@ -12,6 +12,7 @@ offline error.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -44,6 +45,7 @@ def summary_pattern(line: str) -> str:
     parts = line.split(" · ")
     parts[1] = "DEVICE"
     generic = re.sub(r"\d+(\.\d+)?", "N", " · ".join(parts))
+    generic = generic.replace(", N declared AI-generated", "")  # only when a file declares it
     return generic.replace("N error ", "N errors ")  # the plural follows the count
 
 
@@ -65,7 +67,12 @@ def workspace(tmp_path_factory, tiny_backbone) -> Path:
     photos = root / "photos"
     (photos / "party").mkdir(parents=True)
     (photos / "holiday").mkdir()
-    random_image(96, 96, seed=1).save(photos / "party" / "IMG_2231.png")
+    from PIL.PngImagePlugin import PngInfo
+
+    parameters = PngInfo()  # AUTOMATIC1111's text chunk, as in the README's JSON example
+    parameters.add_text("parameters", "a lighthouse at dusk\nNegative prompt: blurry\n"
+                        "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 96x96")
+    random_image(96, 96, seed=1).save(photos / "party" / "IMG_2231.png", pnginfo=parameters)
     random_image(120, 90, seed=2).save(photos / "holiday" / "DSC01874.jpg", quality=90)
     jpeg = io.BytesIO()
     random_image(64, 64, seed=3).save(jpeg, format="JPEG")
@@ -81,6 +88,9 @@ def workspace(tmp_path_factory, tiny_backbone) -> Path:
     torch.save(authors_checkpoint(merged=False), root / "model_epoch_step2.pth")
     convert_checkpoint(root / "model_epoch_step2.pth", root / "dgs-net-official")
     random_image(64, 64, seed=4).save(root / "a.jpg")
+    from provenance_files import make_chain
+
+    (root / "roots.pem").write_bytes(make_chain("README newsroom").root_pem)  # --trust-anchors
     for folder in ("dir", "more"):
         (root / folder).mkdir()
         random_image(64, 64, seed=5).save(root / folder / "x.png")
@@ -102,6 +112,18 @@ def in_workspace(workspace, monkeypatch) -> Path:
         return loaded
 
     monkeypatch.setattr(aidetect.loading, "load_detector", load)
+    # The score cache keys `univfd` on the preset's own files: key it on the stand-in's.
+    import aidetect.incremental
+
+    real_facts = aidetect.incremental.read_model_facts
+
+    def facts(reference, **kwargs):
+        if reference != "univfd":
+            return real_facts(reference, **kwargs)
+        found = real_facts(str(workspace / "tiny-univfd"), **kwargs)
+        return dataclasses.replace(found, reference="univfd", source="preset")
+
+    monkeypatch.setattr(aidetect.incremental, "read_model_facts", facts)
     monkeypatch.chdir(workspace)
     monkeypatch.setenv("COLUMNS", "200")
     return workspace
@@ -121,7 +143,9 @@ def test_readme_scan_commands_run(command, in_workspace, capsys, monkeypatch):
         report = Path(words[words.index("--output") + 1])
         assert report.is_file() and out == ""
         assert f"report written to {report}" in err
-    if "--fail-on-ai" in words:
+    if "--fail-on-declared-ai" in words:  # scans ./photos, where IMG_2231.png declares AI
+        assert code == 1, err  # 1 wins over 3
+    elif "--fail-on-ai" in words:
         assert code in (1, 3)  # 1 wins over 3 when an image is judged AI-generated
     else:
         assert code == (3 if broken else 0), err  # 3: photos/broken.jpg has no score
@@ -144,12 +168,13 @@ def test_the_json_report_has_the_readme_fields(in_workspace, capsys):
     assert [list(r) for r in report["results"]] == [list(r) for r in shown["results"]]
     # The README's example is this scan: two images scored, one truncated file.
     assert [r["path"] for r in report["results"]] == [r["path"] for r in shown["results"]]
-    for key in ("found", "total", "scanned", "errors"):
+    for key in ("found", "total", "scanned", "errors", "declared_ai"):
         assert report["counts"][key] == shown["counts"][key], key
     assert (report["complete"], report["all_scored"]) == (shown["complete"],
                                                           shown["all_scored"])
     truncated, shown_truncated = report["results"][0], shown["results"][0]
-    assert {**truncated, "error": None} == {**shown_truncated, "error": None}
+    ignored = {"error": None, "sha256": None}  # the README abbreviates the hash
+    assert {**truncated, **ignored} == {**shown_truncated, **ignored}
     for error in (truncated["error"], shown_truncated["error"]):  # Pillow counts the bytes
         assert re.fullmatch(r"truncated file \(image file is truncated \(\d+ bytes not "
                             r"processed\)\)", error), error
@@ -157,13 +182,16 @@ def test_the_json_report_has_the_readme_fields(in_workspace, capsys):
     counts = report["counts"]
     line = next(line for line in err.splitlines() if " scanned: " in line)
     assert line.startswith(f"{counts['scanned']} scanned: {counts['ai_generated']} "
-                           f"AI-generated, {counts['real']} real, 1 error · ")
+                           f"AI-generated, {counts['real']} real, 1 error, "
+                           f"{counts['declared_ai']} declared AI-generated · ")
+    assert counts["declared_ai"] == shown["counts"]["declared_ai"] == 1
 
 
 def test_the_csv_report_has_the_readme_columns(in_workspace, capsys):
     run(capsys, ["scan", "./photos", "--format", "csv", "--output", "report.csv", "--workers",
                  "0"])
-    columns = re.search(r"\| `csv` \| one row per file: `([^`]+)`", README).group(1)
+    row = re.search(r"\| `csv` \| one row per file: ([^|]+)\|", README).group(1)
+    columns = ",".join(re.findall(r"`([a-z0-9_,]+)`", row))
     with open(in_workspace / "report.csv", newline="") as handle:
         rows = list(csv.reader(handle))
     assert ",".join(rows[0]) == columns and len(rows) == 4
@@ -172,9 +200,12 @@ def test_the_csv_report_has_the_readme_columns(in_workspace, capsys):
 def test_the_table_ends_with_the_readme_summary_wording(in_workspace, capsys):
     code, out, _ = run(capsys, ["scan", "./photos", "--format", "table", "--workers", "0"])
     lines = out.rstrip().splitlines()
-    assert code == 3 and lines[0].split() == ["verdict", "┃", "score", "┃", "path", "┃", "size"]
+    assert code == 3 and lines[0].split() == ["verdict", "┃", "score", "┃", "declared", "┃",
+                                              "path", "┃", "size"]
+    assert lines[0].split() == README.split("$ aidetect scan ./photos\n")[1].split("\n")[0].split()
     assert summary_pattern(lines[-1]) == summary_pattern(readme_summary_line())
-    assert lines[-1].startswith("2 scanned: ") and " real, 1 error · " in lines[-1]
+    assert lines[-1].startswith("2 scanned: ")
+    assert " real, 1 error, 1 declared AI-generated · " in lines[-1]
     assert "truncated file (image file is truncated" in out
 
 
@@ -225,7 +256,16 @@ def test_train_finetune_and_eval_commands(tmp_path, tiny_local_dir, capsys, monk
     backbone = ["--backbone", tiny_local_dir, "--pretrained", "none"]
     commands = [c for c in COMMANDS
                 if c.startswith(("aidetect train", "aidetect finetune", "aidetect eval"))]
-    assert len(commands) == 6
+    assert len(commands) == 7
+    import aidetect.loading
+
+    real_load = aidetect.loading.load_detector
+
+    def load(reference, *, device="cpu", on_download=None):  # `univfd`: a tiny stand-in
+        reference = str(tmp_path / "runs" / "exp2") if reference == "univfd" else reference
+        return real_load(reference, device=device, on_download=on_download)
+
+    monkeypatch.setattr(aidetect.loading, "load_detector", load)
     for command in commands:
         words = shlex.split(command)[1:]
         if words[0] == "train":
