@@ -21,7 +21,7 @@ import torch
 
 from aidetect.config import PreprocessConfig
 from aidetect.data import DEFAULT_MAX_PIXELS, Candidate, open_image
-from aidetect.devices import default_workers
+from aidetect.devices import default_threads, default_workers
 from aidetect.errors import ImageError, UsageError
 from aidetect.precision import choose_precision, cpu_features, prepare_for_inference
 from aidetect.preprocess import preprocess_tensor, to_tensor
@@ -108,7 +108,8 @@ class Scanner:
         threshold: scores strictly above it are judged AI-generated.
         precision: "auto" (the fastest that keeps scores within 1e-2 of fp32 on this device;
             `aidetect.precision.choose_precision`), "fp32", "bf16", "fp16" or "int8".
-        threads: CPU threads for the model (None: torch's default, all physical cores).
+        threads: CPU threads for the model (None, on the CPU: `devices.default_threads()`,
+            the physical cores the default decoding processes leave; elsewhere torch's own).
     """
 
     def __init__(self, detector, *, device: torch.device, threshold: float,
@@ -116,9 +117,11 @@ class Scanner:
         if not 0.0 <= threshold <= 1.0:
             raise UsageError(f"--threshold {threshold}: must be between 0 and 1")
         self.precision = choose_precision(device, precision)
+        if threads is not None and threads < 1:
+            raise UsageError(f"--threads {threads}: must be at least 1")
+        if threads is None and device.type == "cpu":
+            threads = default_threads()
         if threads is not None:
-            if threads < 1:
-                raise UsageError(f"--threads {threads}: must be at least 1")
             torch.set_num_threads(threads)
         if detector.has_lora:
             detector.merge_lora()
@@ -135,7 +138,7 @@ class Scanner:
             index = self.device.index if self.device.index is not None else 0
             return f"cuda:{index} ({name}, {self.precision})"
         if self.device.type == "mps":
-            return f"mps ({self.precision})"
+            return f"mps (Apple GPU, {self.precision})"
         return (f"cpu ({torch.get_num_threads()} threads, {self.precision}; "
                 f"{cpu_features().describe()})")
 
@@ -145,7 +148,7 @@ class Scanner:
         """Score `candidates`, yielding one result per candidate in their order."""
         if batch_size < 1:
             raise UsageError(f"--batch-size {batch_size}: must be at least 1")
-        workers = default_workers() if workers is None else workers
+        workers = default_workers(self.device) if workers is None else workers
         if workers < 0:
             raise UsageError(f"--workers {workers}: must be 0 or more")
         if not candidates:
