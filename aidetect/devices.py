@@ -19,6 +19,7 @@ import torch
 from aidetect.errors import UsageError
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
+SYSFS_CPU = Path("/sys/devices/system/cpu")  # Linux's CPU topology
 
 
 def mps_available() -> bool:
@@ -73,7 +74,7 @@ def physical_cores() -> int:
     `sysctl hw.physicalcpu`; elsewhere the logical count.
     """
     allowed = _allowed_cpus()
-    topology = Path("/sys/devices/system/cpu")
+    topology = SYSFS_CPU
     if topology.is_dir():
         cores = set()
         for cpu in allowed:

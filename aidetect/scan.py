@@ -139,7 +139,8 @@ class Scanner:
             return f"cuda:{index} ({name}, {self.precision})"
         if self.device.type == "mps":
             return f"mps (Apple GPU, {self.precision})"
-        return (f"cpu ({torch.get_num_threads()} threads, {self.precision}; "
+        threads = torch.get_num_threads()
+        return (f"cpu ({threads} thread{'s' if threads != 1 else ''}, {self.precision}; "
                 f"{cpu_features().describe()})")
 
     def scan(self, candidates: Sequence[Candidate], *, batch_size: int = 32,

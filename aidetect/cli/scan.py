@@ -17,6 +17,8 @@ from aidetect.cli.options import (
     BatchSizeOption,
     DeviceOption,
     OutputOption,
+    Precision,
+    PrecisionOption,
     QuietOption,
     WeightsOption,
     WorkersOption,
@@ -56,14 +58,6 @@ class ReportFormat(str, Enum):
     jsonl = "jsonl"
     csv = "csv"
     html = "html"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-    int8 = "int8"
 
 
 @app.command("scan", epilog=SCAN_EXAMPLES)
@@ -110,11 +104,7 @@ def scan_command(
         int, typer.Option("--max-pixels", min=0, help="Refuse images with more pixels than "
                           "this (decompression bombs); 0: no limit.")
     ] = DEFAULT_MAX_PIXELS,
-    precision: Annotated[
-        Precision, typer.Option("--precision", help="auto: bf16 on CUDA from Ampere on and on "
-                                "CPUs with bf16 units, fp16 on older GPUs and Apple GPUs, fp32 "
-                                "elsewhere. int8: CPU only, never chosen by auto.")
-    ] = Precision.auto,
+    precision: PrecisionOption = Precision.auto,
 ) -> None:
     """Score images: the probability that each was made by a generative model."""
     from aidetect.errors import UsageError

@@ -17,6 +17,8 @@ from aidetect.cli.app import app, interruptions
 from aidetect.cli.options import (
     DeviceOption,
     OutputOption,
+    Precision,
+    PrecisionOption,
     QuietOption,
     WeightsOption,
     WorkersOption,
@@ -411,6 +413,7 @@ def eval_command(
                      "images seen (e.g. 0.01) into the detector folder's config."),
     ] = None,
     quiet: QuietOption = False,
+    precision: PrecisionOption = Precision.auto,
 ) -> None:
     """Accuracy and AP per benchmark subset, with calibration thresholds for 1% and 5% FPR."""
     import json
@@ -450,6 +453,7 @@ def eval_command(
         report = evaluate(
             loaded.detector, data, device=torch_device, batch_size=batch_size, workers=workers,
             jpeg_quality=jpeg_quality, blur_sigma=blur_sigma, fprs=fprs, on_progress=on_progress,
+            precision=precision.value,
         )
     for failure in report.failures:
         err_console.print(f"[yellow]warning:[/] skipped {escape(str(failure.path))}: "
