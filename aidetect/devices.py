@@ -95,25 +95,25 @@ def default_workers(device: torch.device | None = None) -> int:
     """Decoding processes by default.
 
     For a GPU: half the logical CPUs, at most 4, enough to keep it fed. For the CPU: a quarter
-    of the physical cores, at least 1: the model needs most of them (ViT-B-16 in bf16 costs
-    ~3x the decoding of a 1024x768 JPEG per image, ViT-L-14 ~20x).
+    of the physical cores (at least 1; none on a single core, where a process would only add
+    copies): the model needs most of them. Decoding and preprocessing a 1024x768 JPEG cost
+    ~50 ms of one core; ViT-B-16 in bf16 ~50 core-ms an image, ViT-L-14 ~300 (fp32: ~5x).
     """
     if device is not None and device.type == "cpu":
-        return max(1, physical_cores() // 4)
+        cores = physical_cores()
+        return 0 if cores == 1 else max(1, cores // 4)
     return max(1, min(4, len(_allowed_cpus()) // 2))
 
 
 def default_threads() -> int:
     """The model's CPU threads by default: the physical cores the default decoders leave.
 
-    On 2 cores both go to the model: a decoder is idle most of the time (it keeps a few
-    batches ahead and then waits), and one thread would halve the model. The count does not
-    depend on `--workers`, so scores (whose bf16 kernels may vary with the thread count) do not.
+    Never more: a decoder that shares a core with one of the model's threads stalls every
+    parallel region of the model, whose other threads wait for it (on 2 cores, 1 decoder and
+    1 model thread scanned 2.3x faster than 1 + 2, `benchmarks/scan.py`). The count does not
+    depend on `--workers`, so neither do the scores (bf16 kernels vary with the thread count).
     """
-    cores = physical_cores()
-    if cores <= 2:
-        return cores
-    return cores - default_workers(torch.device("cpu"))
+    return max(1, physical_cores() - default_workers(torch.device("cpu")))
 
 
 def sysctl(name: str) -> str:

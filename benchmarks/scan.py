@@ -231,8 +231,6 @@ def compare_precisions(args) -> None:
     from aidetect.precision import cpu_features
 
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    if "fp32" not in precisions:
-        precisions.insert(0, "fp32")
     width, height = (int(v) for v in args.size.split("x"))
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -246,8 +244,11 @@ def compare_precisions(args) -> None:
                                               batch_size=args.batch_size, workers=args.workers,
                                               threads=args.threads)
         other_batch = max(1, args.batch_size // 2)
-        rebatched = scan_in_process(weights, folder, precision="auto", batch_size=other_batch,
-                                    workers=args.workers, threads=args.threads)
+        rebatched = None
+        if "auto" in runs and args.images > other_batch:
+            rebatched = scan_in_process(weights, folder, precision="auto",
+                                        batch_size=other_batch, workers=args.workers,
+                                        threads=args.threads)
 
     workers = args.workers if args.workers is not None else default_workers(torch.device("cpu"))
     print(f"machine: {cpu_name()} ({platform.machine()}; {cpu_features().describe()}), "
@@ -255,20 +256,23 @@ def compare_precisions(args) -> None:
     print(f"model: {args.backbone} (random weights), {args.images} JPEGs {args.size}, "
           f"batch {args.batch_size}, {workers} decoding worker(s), "
           f"{torch.get_num_threads()} model threads")
-    reference = runs["fp32"]
+    reference = runs.get("fp32")
     print(f"{'precision':<16} {'images/s':>9} {'x fp32':>7} {'score gap':>10} "
           f"{'logit gap':>10} {'trained: logit gap':>19} {'score at 0.5':>13}")
     for requested, run in runs.items():
-        gaps = precision_gaps(run["logits"], reference["logits"])
         name = f"{requested} ({run['precision']})" if requested == "auto" else requested
-        print(f"{name:<16} {run['images_per_s']:9.2f} "
-              f"{run['images_per_s'] / reference['images_per_s']:7.2f} {gaps['score']:10.2e} "
-              f"{gaps['logit']:10.2e} {gaps['trained_logit']:19.2e} "
-              f"{gaps['trained_at_threshold']:13.2e}")
+        line = f"{name:<16} {run['images_per_s']:9.2f}"
+        if reference is not None:
+            gaps = precision_gaps(run["logits"], reference["logits"])
+            line += (f" {run['images_per_s'] / reference['images_per_s']:7.2f} "
+                     f"{gaps['score']:10.2e} {gaps['logit']:10.2e} "
+                     f"{gaps['trained_logit']:19.2e} {gaps['trained_at_threshold']:13.2e}")
+        print(line)
     auto = runs.get("auto")
     if auto is not None:
-        drift = float((rebatched["logits"] - auto["logits"]).abs().max())
         print(f"auto = {auto['device']}")
+    if rebatched is not None:
+        drift = float((rebatched["logits"] - auto["logits"]).abs().max())
         print(f"auto, batch {other_batch} vs {args.batch_size}: largest logit difference "
               f"{drift:.2e}")
     print(f"trained scale: the head scaled so that |fp32 logit| reaches {TRAINED_LOGIT:g}; "
