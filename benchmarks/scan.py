@@ -255,7 +255,7 @@ def compare_precisions(args) -> None:
           f"{physical_cores()} physical cores, torch {torch.__version__}")
     print(f"model: {args.backbone} (random weights), {args.images} JPEGs {args.size}, "
           f"batch {args.batch_size}, {workers} decoding worker(s), "
-          f"{torch.get_num_threads()} model threads")
+          f"{torch.get_num_threads()} model thread(s)")
     reference = runs.get("fp32")
     print(f"{'precision':<16} {'images/s':>9} {'x fp32':>7} {'score gap':>10} "
           f"{'logit gap':>10} {'trained: logit gap':>19} {'score at 0.5':>13}")
