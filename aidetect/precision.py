@@ -131,11 +131,12 @@ def prepare_for_inference(detector, precision: str):
 def _quantize_int8(tower: torch.nn.Module) -> torch.nn.Module:
     """The tower with its Linear layers dynamically quantized to int8 (`torch.ao`).
 
-    torch deprecates `torch.ao.quantization` for torchao's `quantize_`, but on CPUs torchao's
-    int8 dynamic quantization (0.18, `Int8DynamicActivationInt8WeightConfig`) measured slower
-    than fp32 here, where `torch.ao`'s FBGEMM kernels are 1.2-2x faster than fp32 (README,
-    "Precision"). So the deprecated call stays, its warnings silenced here only, until torchao's
-    CPU kernels catch up; a torch without it gets a usage error instead of a crash.
+    torch deprecates `torch.ao.quantization` for torchao's `quantize_`, but on this project's
+    CPU (Xeon, torch 2.14.1) torchao 0.18's `Int8DynamicActivationInt8WeightConfig` was never
+    faster than `torch.ao` and up to 1.6x slower than fp32, where `torch.ao`'s FBGEMM kernels ran
+    1.3-1.8x faster than fp32 (ViT-B-16). So the deprecated call stays, its warnings silenced
+    here only, until torchao's CPU kernels catch up (they quantize activations per token: no
+    batch dependence, half the gap); a torch without it gets a usage error, not a crash.
     """
     try:
         from torch.ao.quantization import quantize_dynamic
