@@ -181,9 +181,12 @@ def evaluate(
     if getattr(detector, "has_lora", False):
         detector.merge_lora()  # what the scan scores with
     prepare_for_inference(detector.to(device), chosen)
-    if workers is None:
-        from aidetect.devices import default_workers
+    from aidetect.devices import default_threads, default_workers
 
+    if torch.device(device).type == "cpu":
+        # As `scan` sets them: bf16 kernels, and so the scores, vary with the thread count.
+        torch.set_num_threads(default_threads())
+    if workers is None:
         workers = default_workers(torch.device(device))
     threshold = float(detector.threshold)
     results, failures, all_labels, all_scores = [], [], [], []

@@ -88,3 +88,19 @@ def test_eval_takes_the_scans_precision(capsys, tmp_path, detector_dir):
         assert code == 0
         scores[precision] = json.loads(out)["subsets"][0]
     assert scores["int8"]["ap"] == pytest.approx(scores["fp32"]["ap"], abs=0.5)
+
+
+def test_eval_uses_the_scans_cpu_threads(capsys, tmp_path, detector_dir, monkeypatch):
+    """bf16 kernels vary with the thread count: eval sets the count a scan would."""
+    import aidetect.devices
+
+    bench = write_labelled_folder(tmp_path / "bench" / "a", n=1).parent
+    monkeypatch.setattr(aidetect.devices, "default_threads", lambda: 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        code, _, _ = run(capsys, "eval", "-w", str(detector_dir), "--data", str(bench),
+                         "--device", "cpu", "--workers", "0", "-q")
+        assert code == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
