@@ -97,7 +97,7 @@ def default_workers(device: torch.device | None = None) -> int:
     For a GPU: half the logical CPUs, at most 4, enough to keep it fed. For the CPU: a quarter
     of the physical cores (at least 1; none on a single core, where a process would only add
     copies): the model needs most of them. Decoding and preprocessing a 1024x768 JPEG cost
-    ~50 ms of one core; ViT-B-16 in bf16 ~50 core-ms an image, ViT-L-14 ~300 (fp32: ~5x).
+    ~50 ms of one core; ViT-B-16 in bf16 ~90 core-ms an image, ViT-L-14 ~400 (fp32: ~4x).
     """
     if device is not None and device.type == "cpu":
         cores = physical_cores()
@@ -108,12 +108,17 @@ def default_workers(device: torch.device | None = None) -> int:
 def default_threads() -> int:
     """The model's CPU threads by default: the physical cores the default decoders leave.
 
-    Never more: a decoder that shares a core with one of the model's threads stalls every
-    parallel region of the model, whose other threads wait for it (on 2 cores, 1 decoder and
-    1 model thread scanned 2.3x faster than 1 + 2, `benchmarks/scan.py`). The count does not
-    depend on `--workers`, so neither do the scores (bf16 kernels vary with the thread count).
+    From 3 cores on, never more: a decoder sharing a core with one of the model's threads
+    stalls the model's parallel steps. On 2 cores the model takes both, and the decoder
+    overlaps it: halving the model costs more than the stalls (on this project's idle 2-core
+    machine, 1 decoder + 2 threads scanned 1.2-1.6x faster than 1 + 1; under a load of 14
+    from other jobs, 1 + 1 was 2.3x faster). The count does not depend on `--workers`, so
+    neither do the scores (bf16 kernels vary with the thread count).
     """
-    return max(1, physical_cores() - default_workers(torch.device("cpu")))
+    cores = physical_cores()
+    if cores <= 2:
+        return cores
+    return cores - default_workers(torch.device("cpu"))
 
 
 def sysctl(name: str) -> str:
