@@ -87,8 +87,8 @@ def predict(
                         logits = detector(batch.images.to(device, non_blocking=True))
                 except torch.OutOfMemoryError:
                     raise out_of_memory_error(batch_size) from None
-                # float64, as `scan` computes its scores
-                scores.append(torch.sigmoid(logits.double()).cpu().numpy())
+                # float64, as `scan` computes its scores (on the CPU: MPS has no float64)
+                scores.append(torch.sigmoid(logits.float().cpu().double()).numpy())
                 labels.append(batch.labels.numpy().astype(np.int64))
             if on_batch is not None:
                 on_batch(len(batch) + len(batch.failures))
@@ -181,10 +181,13 @@ def evaluate(
     if getattr(detector, "has_lora", False):
         detector.merge_lora()  # what the scan scores with
     prepare_for_inference(detector.to(device), chosen)
-    if workers is None:
-        from aidetect.devices import default_workers
+    from aidetect.devices import default_threads, default_workers
 
-        workers = default_workers()
+    if torch.device(device).type == "cpu":
+        # As `scan` sets them: bf16 kernels, and so the scores, vary with the thread count.
+        torch.set_num_threads(default_threads())
+    if workers is None:
+        workers = default_workers(torch.device(device))
     threshold = float(detector.threshold)
     results, failures, all_labels, all_scores = [], [], [], []
     for name, image_set in find_subsets(bench):

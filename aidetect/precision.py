@@ -8,14 +8,18 @@ back to fp32, and the head and the sigmoid run in fp32, so the score's last step
 `auto` picks, per device:
 - CUDA: bf16 from Ampere on (compute capability 8); fp16 before, where bf16 is only emulated.
 - CPU: bf16 where the processor multiplies bf16 natively (AMX-BF16, AVX512-BF16, Arm BF16);
-  fp32 elsewhere. int8 is never picked by `auto`: its score gap is larger (see the README).
-- MPS (Apple GPUs): fp16, the half type every Apple GPU and macOS version supports.
+  fp32 elsewhere. int8 is never picked by `auto`: its score gap is larger, its scores depend
+  on the other images of the batch, and on a CPU with bf16 units it is slower than bf16 (see
+  the README and `benchmarks/scan.py --precisions`).
+- MPS (Apple GPUs): fp16, the half type every Apple GPU and macOS version supports (bf16 needs
+  macOS 14 and is not native on every Apple GPU).
 """
 
 from __future__ import annotations
 
 import platform
 import subprocess
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -138,18 +142,39 @@ def prepare_for_inference(detector, precision: str):
     """Convert `detector` in place for scoring at `precision` (from `choose_precision`).
 
     bf16/fp16: the image tower's weights in that type, the head kept in fp32. int8: dynamic
-    quantization of the tower's Linear layers (weights int8, activations quantized per batch);
-    the attention's fused q/k/v projection stays fp32. Merge LoRA before calling this.
+    quantization of the tower's Linear layers (int8 weights, activations quantized with one scale
+    per batch, so an image's score depends slightly on its batch); the attention's fused q/k/v
+    projection stays fp32. Merge LoRA before calling this.
     """
-    import torch
-
     if precision == "int8":
-        from torch.ao.quantization import quantize_dynamic
-
-        detector.visual = quantize_dynamic(detector.visual, {torch.nn.Linear}, dtype=torch.qint8)
+        detector.visual = _quantize_int8(detector.visual)
     elif precision in ("bf16", "fp16"):
         detector.visual.to(_dtypes()[precision])
     elif precision != "fp32":
         raise ValueError(f"unknown precision {precision!r}")
     detector.head.float()
     return detector
+
+
+def _quantize_int8(tower):
+    """The tower with its Linear layers dynamically quantized to int8 (`torch.ao`).
+
+    torch deprecates `torch.ao.quantization` for torchao's `quantize_`, but on this project's
+    CPU (Xeon, torch 2.14.1) torchao 0.18's `Int8DynamicActivationInt8WeightConfig` was never
+    faster than `torch.ao` and up to 1.6x slower than fp32, where `torch.ao`'s FBGEMM kernels ran
+    1.3-1.8x faster than fp32 (ViT-B-16). So the deprecated call stays, its warnings silenced
+    here only, until torchao's CPU kernels catch up (they quantize activations per token: no
+    batch dependence, half the gap); a torch without it gets a usage error, not a crash.
+    """
+    import torch
+
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError:
+        raise UsageError(f"--precision int8: torch {torch.__version__} no longer has dynamic "
+                         "quantization (torch.ao.quantization): use bf16 or fp32") from None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(torch\.ao\.quantization|quantize_per)",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*quantize_per_tensor", category=UserWarning)
+        return quantize_dynamic(tower, {torch.nn.Linear}, dtype=torch.qint8)

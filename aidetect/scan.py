@@ -31,7 +31,7 @@ import torch
 
 from aidetect.config import PreprocessConfig
 from aidetect.data import DEFAULT_MAX_PIXELS, Candidate, open_image
-from aidetect.devices import default_device_workers, default_workers
+from aidetect.devices import default_device_workers, default_threads, default_workers
 from aidetect.errors import ImageError, UsageError
 from aidetect.gpu_decode import JpegFile, decode_jpegs, read_jpeg
 from aidetect.precision import choose_precision, cpu_features, prepare_for_inference
@@ -203,7 +203,8 @@ class Scanner:
         threshold: scores strictly above it are judged AI-generated.
         precision: "auto" (the fastest that keeps scores within 1e-2 of fp32 on this device;
             `aidetect.precision.choose_precision`), "fp32", "bf16", "fp16" or "int8".
-        threads: CPU threads for the model (None: torch's default, all physical cores).
+        threads: CPU threads for the model (None, on the CPU: `devices.default_threads()`,
+            the physical cores the default decoding processes leave; elsewhere torch's own).
     """
 
     def __init__(self, detector, *, device: torch.device, threshold: float,
@@ -211,9 +212,11 @@ class Scanner:
         if not 0.0 <= threshold <= 1.0:
             raise UsageError(f"--threshold {threshold}: must be between 0 and 1")
         self.precision = choose_precision(device, precision)
+        if threads is not None and threads < 1:
+            raise UsageError(f"--threads {threads}: must be at least 1")
+        if threads is None and device.type == "cpu":
+            threads = default_threads()
         if threads is not None:
-            if threads < 1:
-                raise UsageError(f"--threads {threads}: must be at least 1")
             torch.set_num_threads(threads)
         if device.type == "cuda" and device.index is not None:
             # The current device: torchvision's nvJPEG makes the current device's stream wait
@@ -235,8 +238,9 @@ class Scanner:
             index = self.device.index if self.device.index is not None else 0
             return f"cuda:{index} ({name}, {self.precision})"
         if self.device.type == "mps":
-            return f"mps ({self.precision})"
-        return (f"cpu ({torch.get_num_threads()} threads, {self.precision}; "
+            return f"mps (Apple GPU, {self.precision})"
+        threads = torch.get_num_threads()
+        return (f"cpu ({threads} thread{'s' if threads != 1 else ''}, {self.precision}; "
                 f"{cpu_features().describe()})")
 
     def scan(self, candidates: Sequence[Candidate], *, batch_size: int = 32,
@@ -257,7 +261,8 @@ class Scanner:
             raise UsageError(f"--batch-size {batch_size}: must be at least 1")
         device_decode = self.device.type == "cuda" if device_decode is None else device_decode
         if workers is None:
-            workers = default_device_workers() if device_decode else default_workers()
+            workers = (default_device_workers() if self.device.type == "cuda"
+                       else default_workers(self.device))
         if workers < 0:
             raise UsageError(f"--workers {workers}: must be 0 or more")
         self.timings = ScanTimings()

@@ -62,3 +62,94 @@ def test_scores_stay_near_fp32(make_detector, precision, bound) -> None:
     assert gap <= bound
     if precision == "bf16":
         assert converted.tower_dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(("device", "requested"), [("mps", "int8"), ("cpu", "fp16")])
+def test_a_precision_the_device_lacks_is_refused(device, requested) -> None:
+    with pytest.raises(UsageError, match=f"--precision {requested}"):
+        choose_precision(torch.device(device), requested, cpu=AMX)
+
+
+@pytest.mark.parametrize("cpu", [AMX, PLAIN, CpuFeatures(avx512_bf16=True),
+                                 CpuFeatures(amx_int8=True, avx512_vnni=True)])
+def test_auto_never_picks_what_the_cpu_lacks(cpu) -> None:
+    chosen = choose_precision(CPU, "auto", cpu=cpu)
+    assert chosen in ("fp32", "bf16")  # never int8, never a GPU type
+    assert chosen == "fp32" or cpu.bf16
+
+
+def test_cpu_features_read_from_the_flags(monkeypatch, tmp_path) -> None:
+    from aidetect import precision
+
+    flags = "fpu sse avx512f avx512_bf16 amx_tile amx_bf16 amx_int8 avx512_vnni"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    real_open = open
+    monkeypatch.setattr(precision, "open", lambda path, *a, **k: real_open(
+        cpuinfo if path == "/proc/cpuinfo" else path, *a, **k), raising=False)
+    monkeypatch.setattr(precision.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    precision.cpu_features.cache_clear()
+    try:
+        found = precision.cpu_features()
+    finally:
+        precision.cpu_features.cache_clear()
+    assert found == CpuFeatures(amx_bf16=True, avx512_bf16=True, amx_int8=True,
+                                avx512_vnni=True)
+    assert found.describe() == "AMX-BF16, AVX512-BF16"
+
+
+def test_fp16_the_apple_gpu_precision_stays_near_fp32(make_detector) -> None:
+    """MPS scores in fp16 (no Apple GPU here): the same conversion, run on the CPU."""
+    torch.manual_seed(0)
+    images = torch.randn(4, 3, 224, 224)
+    with torch.inference_mode():
+        expected = torch.sigmoid(make_detector(seed=3)(images).double())
+        converted = prepare_for_inference(make_detector(seed=3), "fp16")
+        scores = torch.sigmoid(converted(images).double())
+    assert converted.tower_dtype == torch.float16
+    assert converted.head.weight.dtype == torch.float32
+    assert (scores - expected).abs().max().item() <= 1e-2
+
+
+def test_int8_warns_nothing(make_detector, recwarn) -> None:
+    """torch.ao's deprecation warnings are silenced around the one call that raises them."""
+    converted = prepare_for_inference(make_detector(), "int8")
+    with torch.inference_mode():
+        converted(torch.randn(2, 3, 224, 224))
+    assert [str(w.message) for w in recwarn] == []
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized")
+               for m in converted.visual.modules())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_scores_repeat_across_runs_and_workers(make_detector, image_folder, precision) -> None:
+    from aidetect.data import find_images
+    from aidetect.scan import Scanner
+
+    candidates = find_images([image_folder])
+    scores = []
+    for workers in (0, 2, 0):
+        scanner = Scanner(make_detector(seed=4), device=CPU, threshold=0.5,
+                          precision=precision)
+        scores.append([r.score for r in scanner.scan(candidates, batch_size=2,
+                                                     workers=workers)])
+    assert None not in scores[0]
+    for run in scores[1:]:
+        assert run == pytest.approx(scores[0], abs=1e-5)
+
+
+@pytest.mark.parametrize(("precision", "bound"), [("bf16", 1e-5), ("int8", 3e-2)])
+def test_scores_across_batch_sizes(make_detector, image_folder, precision, bound) -> None:
+    """On the tiny model's shapes bf16 scores do not depend on the batch (at ViT-B's, oneDNN
+    picks its bf16 kernels by shape: `benchmarks/scan.py --precisions` prints the drift);
+    int8's do, within its bound: torch.ao quantizes a batch's activations with one scale."""
+    from aidetect.data import find_images
+    from aidetect.scan import Scanner
+
+    candidates = find_images([image_folder])
+    scanner = Scanner(make_detector(seed=4), device=CPU, threshold=0.5, precision=precision)
+    runs = [[r.score for r in scanner.scan(candidates, batch_size=b, workers=0)]
+            for b in (1, 2, 3)]
+    for run in runs[1:]:
+        assert run == pytest.approx(runs[0], abs=bound)

@@ -17,6 +17,8 @@ from aidetect.cli.app import app, interruptions
 from aidetect.cli.options import (
     DeviceOption,
     OutputOption,
+    Precision,
+    PrecisionOption,
     QuietOption,
     WeightsOption,
     WorkersOption,
@@ -75,21 +77,17 @@ def _render_table(report, console) -> None:
 
 
 def _csv_text(report) -> str:
-    import csv
-    import io
+    """The subsets and their mean as CSV, text cells guarded against spreadsheet formulas
+    (a subset named `=cmd|...`) as in scan's CSV report."""
+    from aidetect.report.data import csv_text
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["name", "acc", "ap", "r_acc", "f_acc", "n_real", "n_fake"])
-    for result in report.subsets:
-        row = result.to_dict()
-        writer.writerow([row[k] for k in ("name", "acc", "ap", "r_acc", "f_acc", "n_real",
-                                          "n_fake")])
+    columns = ("name", "acc", "ap", "r_acc", "f_acc", "n_real", "n_fake")
+    rows = [[result.to_dict()[k] for k in columns] for result in report.subsets]
     m = report.mean
-    writer.writerow(["mean", m["acc"], m["ap"], m["r_acc"], m["f_acc"],
-                     sum(r.scores.n_real for r in report.subsets),
-                     sum(r.scores.n_fake for r in report.subsets)])
-    return buffer.getvalue()
+    rows.append(["mean", m["acc"], m["ap"], m["r_acc"], m["f_acc"],
+                 sum(r.scores.n_real for r in report.subsets),
+                 sum(r.scores.n_fake for r in report.subsets)])
+    return csv_text(columns, rows)
 
 
 @app.command("eval", epilog=EVAL_EXAMPLES)
@@ -123,6 +121,7 @@ def eval_command(
                      "images seen (e.g. 0.01) into the detector folder's config."),
     ] = None,
     quiet: QuietOption = False,
+    precision: PrecisionOption = Precision.auto,
 ) -> None:
     """Accuracy and AP per benchmark subset, with calibration thresholds for 1% and 5% FPR."""
     import json
@@ -168,6 +167,7 @@ def eval_command(
         report = evaluate(
             loaded.detector, data, device=torch_device, batch_size=batch_size, workers=workers,
             jpeg_quality=jpeg_quality, blur_sigma=blur_sigma, fprs=fprs, on_progress=on_progress,
+            precision=precision.value,
         )
     for failure in report.failures:
         err_console.print(f"[yellow]warning:[/] skipped {escape(terminal_safe(str(failure.path)))}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -18,7 +19,8 @@ WeightsOption = Annotated[
 ]
 DeviceOption = Annotated[
     str,
-    typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    typer.Option("--device", help="auto (CUDA, else an Apple GPU, else the CPU), cpu, cuda, "
+                 "cuda:N or mps."),
 ]
 BatchSizeOption = Annotated[
     int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")
@@ -45,4 +47,20 @@ CacheOption = Annotated[
 ]
 NoCacheOption = Annotated[
     bool, typer.Option("--no-cache", help="Neither read nor write the score cache.")
+]
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+PrecisionOption = Annotated[
+    Precision,
+    typer.Option("--precision", help="auto: bf16 on CUDA from Ampere on and on CPUs with bf16 "
+                 "units, fp16 on older GPUs and Apple GPUs, fp32 elsewhere. int8: CPU only, "
+                 "never chosen by auto. eval and scan on one device score alike."),
 ]

@@ -19,6 +19,8 @@ from aidetect.cli.options import (
     DeviceOption,
     NoCacheOption,
     OutputOption,
+    Precision,
+    PrecisionOption,
     QuietOption,
     WeightsOption,
     WorkersOption,
@@ -71,14 +73,6 @@ class ReportFormat(str, Enum):
     jsonl = "jsonl"
     csv = "csv"
     html = "html"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-    int8 = "int8"
 
 
 @app.command("scan", epilog=SCAN_EXAMPLES)
@@ -140,11 +134,7 @@ def scan_command(
         int, typer.Option("--max-pixels", min=0, help="Refuse images with more pixels than "
                           "this (decompression bombs); 0: no limit.")
     ] = DEFAULT_MAX_PIXELS,
-    precision: Annotated[
-        Precision, typer.Option("--precision", help="auto: bf16 on CUDA from Ampere on and on "
-                                "CPUs with bf16 units, fp16 on older GPUs and Apple GPUs, fp32 "
-                                "elsewhere. int8: CPU only, never chosen by auto.")
-    ] = Precision.auto,
+    precision: PrecisionOption = Precision.auto,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
 ) -> None:
@@ -376,7 +366,8 @@ def _default_workers(scanner) -> int:
     from aidetect.devices import default_device_workers, default_workers
 
     on_gpu = scanner is not None and scanner.device.type == "cuda"
-    return default_device_workers() if on_gpu else default_workers()
+    return default_device_workers() if on_gpu else default_workers(
+        scanner.device if scanner is not None else None)
 
 
 def _follow_lead(group, *, weights: str, device: str, threshold: float | None, precision: str,

@@ -111,7 +111,7 @@ class TrainPrecision(str, Enum):
     fp16 = "fp16"
 
 
-PrecisionOption = Annotated[
+TrainPrecisionOption = Annotated[
     TrainPrecision,
     typer.Option("--precision", help="auto: bf16 autocast on CUDA from Ampere on, fp16 with loss "
                  "scaling before, fp32 on CPU. LoRA, heads, optimiser and loss stay fp32."),
@@ -271,7 +271,7 @@ def train_command(
     blur_range: BlurRangeOption = _T.blur_sigma,
     jpeg_prob: JpegProbOption = _T.jpeg_prob,
     jpeg_range: JpegRangeOption = _T.jpeg_quality,
-    precision: PrecisionOption = TrainPrecision.auto,
+    precision: TrainPrecisionOption = TrainPrecision.auto,
     checkpointing: CheckpointingOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -317,7 +317,7 @@ def finetune_command(
     blur_range: BlurRangeOption = _T.blur_sigma,
     jpeg_prob: JpegProbOption = _T.jpeg_prob,
     jpeg_range: JpegRangeOption = _T.jpeg_quality,
-    precision: PrecisionOption = TrainPrecision.auto,
+    precision: TrainPrecisionOption = TrainPrecision.auto,
     checkpointing: CheckpointingOption = False,
     quiet: QuietOption = False,
 ) -> None:
