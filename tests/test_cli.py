@@ -172,7 +172,7 @@ def test_an_unexpected_exception_in_a_real_command_exits_70(monkeypatch, capsys)
     assert "internal error: TypeError: unsupported operand" in capsys.readouterr().err
 
 
-COMMANDS = ("scan", "train", "finetune", "eval", "models", "convert", "push")
+COMMANDS = ("scan", "train", "finetune", "eval", "models", "convert", "push", "inspect")
 # Lines each help must hold whole at 80 columns: nothing cut with an ellipsis, no list re-wrapped.
 WHOLE_LINES = {
     "scan": ["aidetect scan ./photos --fail-on-ai         # exit 1 if an image is AI-made",
@@ -189,6 +189,16 @@ WHOLE_LINES = {
                 "--out must be a new or empty folder (or a new file with --single-file)."],
     "push": ["aidetect push runs/exp1 --repo me/my-detector"],
     "models": ["aidetect models --json > models.json"],
+    "inspect": ["3    some metadata could not be read (see \"error\")"],
+}
+# The command list at 80 columns: each command's whole summary, never cut with "...".
+SUMMARIES = {
+    "eval": "Accuracy and AP per benchmark subset; calibration.",
+    "inspect": "Show what files declare about their origin.",
+    "train": "Train a detector with the DGS-Net recipe.",
+    "finetune": "Teach an existing detector new generators.",
+    "push": "Upload a detector folder to the Hugging Face Hub.",
+    "cache": "The score cache: list or clear the scores kept.",
 }
 
 
@@ -203,9 +213,18 @@ def test_help_at_80_columns_keeps_every_line_whole(command, capsys, monkeypatch)
     lines = [line.strip() for line in out.splitlines()]
     for whole in WHOLE_LINES[command]:
         assert any(whole in line for line in lines), whole
-    mine = {"scan", "models", "convert", "push"}  # cli/train.py's epilogs are not \b blocks
-    if command in mine:
-        assert max(len(line) for line in out.splitlines()) <= 80
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_command_list_at_80_columns_cuts_no_summary(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        app_module.main(["--help"])
+    out = capsys.readouterr().out
+    commands = out.split("Commands:")[1]
+    assert "..." not in commands and max(len(line) for line in out.splitlines()) <= 80
+    for command, summary in SUMMARIES.items():
+        assert f"{command}" in out and summary in out, command
 
 
 def test_models_table_and_json_spell_license_alike(capsys, monkeypatch):

@@ -141,7 +141,7 @@ def test_calibrate_refuses_a_reference_that_is_not_a_local_folder(
     root, _ = cli_run
     real_load = loading.load_detector
 
-    def from_the_hub(reference, *, device="cpu"):
+    def from_the_hub(reference, *, device="cpu", on_download=None):
         loaded = real_load(str(root / "run"), device=device)
         loaded.source = "hub"
         return loaded
@@ -223,7 +223,7 @@ def test_eval_weights_default_to_the_univfd_preset(cli_run, tmp_path, capsys, mo
     asked = []
     real_load = loading.load_detector
 
-    def load(reference, *, device="cpu"):
+    def load(reference, *, device="cpu", on_download=None):
         asked.append(reference)
         return real_load(str(root / "run"), device=device)  # univfd itself needs a download
 

@@ -12,6 +12,7 @@ from aidetect.cli.options import CacheOption
 
 cache_app = typer.Typer(
     help="The score cache: scores kept by file content, so that a rescan skips unchanged files.",
+    short_help="The score cache: list or clear the scores kept.",
     no_args_is_help=True,
 )
 app.add_typer(cache_app, name="cache")

@@ -25,18 +25,15 @@ from aidetect.cli.options import (
 )
 from aidetect.text import percent, terminal_safe
 
-EVAL_EXAMPLES = """
-Examples:
+# Click re-wraps paragraphs to the terminal; "\b" keeps a block's lines (each under 80 columns).
+EVAL_EXAMPLES = """Examples:
 
-  aidetect eval --data BENCH                            # the univfd preset
-
+\b
+  aidetect eval --data BENCH                   # the univfd preset
   aidetect eval --weights runs/exp2 --data BENCH
-
-  aidetect eval --weights runs/exp2 --data BENCH --format json --output eval.json
-
-  aidetect eval --weights runs/exp2 --data BENCH --jpeg-quality 75 --blur-sigma 1
-
-  aidetect eval --weights runs/exp2 --data BENCH --calibrate 0.01   # store the 1%-FPR threshold
+  aidetect eval --weights runs/exp2 --data BENCH -f json -o eval.json
+  aidetect eval -w runs/exp2 --data BENCH --jpeg-quality 75 --blur-sigma 1
+  aidetect eval -w runs/exp2 --data BENCH --calibrate 0.01  # 1% FPR
 
 BENCH holds one folder per subset, each with 0_real/ and 1_fake/ (or <class>/0_real, 1_fake).
 """
@@ -90,7 +87,8 @@ def _csv_text(report) -> str:
     return csv_text(columns, rows)
 
 
-@app.command("eval", epilog=EVAL_EXAMPLES)
+@app.command("eval", epilog=EVAL_EXAMPLES,
+             short_help="Accuracy and AP per benchmark subset; calibration.")
 def eval_command(
     data: Annotated[
         Path, typer.Option("--data", help="Benchmark folder: BENCH/<subset>/{0_real,1_fake}.",
@@ -131,7 +129,7 @@ def eval_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from aidetect.atomic import atomic_write_text
-    from aidetect.cli.console import err_console
+    from aidetect.cli.console import download_notice, err_console
     from aidetect.devices import resolve_device
     from aidetect.errors import UsageError
     from aidetect.evaluate import (
@@ -144,7 +142,8 @@ def eval_command(
     from aidetect.metrics import CALIBRATION_FPRS
 
     torch_device = resolve_device(device)
-    loaded = load_detector(weights, device=str(torch_device))
+    loaded = load_detector(weights, device=str(torch_device),
+                           on_download=download_notice(quiet=quiet))
     if calibrate is not None and loaded.source != "folder":
         raise UsageError(
             f"--calibrate writes into a local detector folder, and {weights} is a "

@@ -10,20 +10,24 @@ import typer
 
 from aidetect.cli.app import app, interruptions
 
-INSPECT_EXAMPLES = """
-Examples:
+INSPECT_EXAMPLES = """Examples:
 
-  aidetect inspect photo.jpg render.png            # what each file declares, and where
-
-  aidetect inspect photo.jpg --json | jq .         # everything, with the C2PA manifest store
-
+\b
+  aidetect inspect photo.jpg render.png     # what each file declares, where
+  aidetect inspect photo.jpg --json | jq .  # all, C2PA manifest included
   aidetect inspect photo.jpg --trust-anchors roots.pem
 
-Exit codes: 0 every file read; 2 usage error; 3 some metadata could not be read (see "error").
+\b
+Exit codes:
+  0    every file's metadata was read
+  2    usage error
+  3    some metadata could not be read (see "error")
+  70   internal error, a bug (AIDETECT_DEBUG=1 shows the traceback)
 """
 
 
-@app.command("inspect", epilog=INSPECT_EXAMPLES)
+@app.command("inspect", epilog=INSPECT_EXAMPLES,
+             short_help="Show what files declare about their origin.")
 def inspect_command(
     files: Annotated[list[str], typer.Argument(help="Image files.", show_default=False)],
     json_output: Annotated[

@@ -26,15 +26,13 @@ from aidetect.text import percent, terminal_safe
 _T = TrainConfig()
 _L = LoraConfig()
 
-TRAIN_EXAMPLES = """
-Examples:
+# Click re-wraps paragraphs to the terminal; "\b" keeps a block's lines (each under 80 columns).
+TRAIN_EXAMPLES = """Examples:
 
-  aidetect train --data DATA --out runs/exp1            # stage 1 then stage 2, paper defaults
-
-  aidetect train --data DATA --out runs/exp1 --resume   # after an interruption
-
+\b
+  aidetect train --data DATA --out runs/exp1          # stage 1, then stage 2
+  aidetect train --data DATA --out runs/exp1 --resume # after an interruption
   aidetect train --data progan --classes car,cat --val val --out runs/exp2
-
   torchrun --nproc_per_node 4 -m aidetect train --data DATA --out runs/exp3
 
 DATA holds 0_real/ and 1_fake/ (or <class>/0_real and <class>/1_fake). The detector is
@@ -42,11 +40,10 @@ written to OUT (config.json, model.safetensors, README.md); checkpoints and metr
 OUT/train/.
 """
 
-FINETUNE_EXAMPLES = """
-Examples:
+FINETUNE_EXAMPLES = """Examples:
 
+\b
   aidetect finetune --weights runs/exp1 --data NEWGEN --out runs/exp2
-
   aidetect finetune --weights runs/exp1 --data NEWGEN --out runs/exp2 --resume
 """
 
@@ -239,7 +236,8 @@ def _train_config(**values) -> TrainConfig:
     return TrainConfig(lora=lora, **values)
 
 
-@app.command("train", epilog=TRAIN_EXAMPLES)
+@app.command("train", epilog=TRAIN_EXAMPLES,
+             short_help="Train a detector with the DGS-Net recipe.")
 def train_command(
     data: DataOption,
     out: OutOption,
@@ -293,7 +291,8 @@ def train_command(
     _run_job(job, quiet)
 
 
-@app.command("finetune", epilog=FINETUNE_EXAMPLES)
+@app.command("finetune", epilog=FINETUNE_EXAMPLES,
+             short_help="Teach an existing detector new generators.")
 def finetune_command(
     weights: WeightsOption,
     data: DataOption,

@@ -132,6 +132,7 @@ def _num(value: float | None) -> str:
 
 @app.command(
     "push",
+    short_help="Upload a detector folder to the Hugging Face Hub.",
     epilog="Examples:\n\n\b\n"
     "  aidetect push runs/exp1 --repo me/my-detector --dry-run\n"
     "  aidetect push runs/exp1 --repo me/my-detector\n"
