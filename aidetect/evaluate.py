@@ -28,6 +28,7 @@ from aidetect.metrics import (
     mean_scores,
     score_table,
 )
+from aidetect.scan import forward_on_cpu
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,10 @@ def predict(
                 try:
                     with torch.autocast(torch.device(device).type,
                                         dtype=dtype or torch.float32, enabled=dtype is not None):
-                        logits = detector(batch.images.to(device, non_blocking=True))
+                        images = batch.images.to(device, non_blocking=True)
+                        # On the CPU in the scan's groups, so scores are the scan's to the bit.
+                        logits = (forward_on_cpu(detector, images)
+                                  if torch.device(device).type == "cpu" else detector(images))
                 except torch.OutOfMemoryError:
                     raise out_of_memory_error(batch_size) from None
                 # float64, as `scan` computes its scores (on the CPU: MPS has no float64)

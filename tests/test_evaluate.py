@@ -108,3 +108,26 @@ def test_write_threshold_updates_config_and_card(detector_dir):
     assert "0.8125" not in card and "0.9" in card and "5.0%" in card
     with pytest.raises(UsageError, match="not a probability"):
         write_threshold(detector_dir, 1.5, fpr=0.01)
+
+
+def test_eval_scores_are_the_scans_to_the_bit(make_detector, bench):
+    """Same precision, same CPU groups: a threshold calibrated by eval is the scan's."""
+    import torch
+
+    from aidetect.data import Candidate
+    from aidetect.scan import Scanner
+
+    image_set = find_labelled_images(bench / "gan")
+    detector = make_detector(seed=5)
+    prepared = Scanner(make_detector(seed=5), device=torch.device("cpu"), threshold=0.5,
+                       precision="bf16")
+    scanned = {r.path: r.score for r in prepared.scan([Candidate(str(p)) for p in
+                                                         image_set.paths], workers=0,
+                                                        batch_size=3)}
+    from aidetect.precision import prepare_for_inference
+
+    prepare_for_inference(detector, "bf16")
+    dataset = ImageDataset(image_set.paths, image_set.labels,
+                           preprocess=detector.preprocess_config)
+    found = predict(detector, dataset, device="cpu", batch_size=5)
+    assert found.scores.tolist() == [scanned[str(p)] for p in image_set.paths]

@@ -145,3 +145,31 @@ def test_bad_settings_are_usage_errors(make_detector):
         list(scanner.scan([Candidate("x.png")], batch_size=0))
     assert scanner.description.startswith("cpu (") and scanner.precision in scanner.description
     assert list(scanner.scan([])) == []
+
+
+def test_the_cpu_model_sees_one_shape_whatever_the_batch_size(make_detector, mixed_folder):
+    """oneDNN picks bf16 kernels by shape: one shape keeps scores identical across batches."""
+    from aidetect.scan import CPU_MICRO_BATCH, _micro_batches
+
+    images = torch.arange(10, dtype=torch.float32).view(10, 1, 1, 1)
+    groups = list(_micro_batches(images, 4))
+    assert [(g.shape[0], n) for g, n in groups] == [(4, 4), (4, 4), (4, 2)]
+    assert groups[-1][0].flatten().tolist() == [8.0, 9.0, 9.0, 9.0]  # padded with the last
+
+    scanner = Scanner(make_detector(), device=CPU, threshold=0.5, precision="bf16")
+    shapes = []
+    forward = scanner.detector.forward
+
+    def recording(x):
+        shapes.append(x.shape[0])
+        return forward(x)
+
+    scanner.detector.forward = recording
+    candidates = find_images([mixed_folder])
+    logits = {}
+    for batch_size in (1, 3, 32):
+        for result in scanner.scan(candidates, workers=0, batch_size=batch_size):
+            if result.ok:
+                logits.setdefault(result.path, set()).add(result.logit)
+    assert set(shapes) == {CPU_MICRO_BATCH}
+    assert logits and all(len(values) == 1 for values in logits.values())  # bit-identical
