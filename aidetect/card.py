@@ -84,19 +84,25 @@ def threshold_section(
     return f"{_START}\n{text}\n{_END}"
 
 
+# The front matter the Hugging Face Hub reads, and the title: the start of every card.
+CARD_HEAD = (
+    "---",
+    "library_name: aidetect",
+    "tags:",
+    "- ai-generated-image-detection",
+    "- dgs-net",
+    "- clip",
+    "---",
+    "",
+    "# AI-generated image detector",
+    "",
+)
+
+
 def render_card(info: CardInfo) -> str:
     """The card's Markdown, with a front matter the Hugging Face Hub reads."""
     lines = [
-        "---",
-        "library_name: aidetect",
-        "tags:",
-        "- ai-generated-image-detection",
-        "- dgs-net",
-        "- clip",
-        "---",
-        "",
-        "# AI-generated image detector",
-        "",
+        *CARD_HEAD,
         f"A CLIP-based detector of AI-generated images ({info.backbone}), trained with "
         f"aidetect {__version__} "
         + (
@@ -175,16 +181,7 @@ def render_detector_card(config: Mapping[str, Any], licences: list[Licence]) -> 
     preprocess = config.get("preprocess") or {}
     lora = config.get("lora_rank") or 0
     lines = [
-        "---",
-        "library_name: aidetect",
-        "tags:",
-        "- ai-generated-image-detection",
-        "- dgs-net",
-        "- clip",
-        "---",
-        "",
-        "# AI-generated image detector",
-        "",
+        *CARD_HEAD,
         f"A CLIP-based detector of AI-generated images, saved with aidetect "
         f"{config.get('aidetect_version', __version__)}.",
         "",

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 from aidetect.errors import UsageError
+from aidetect.precision import sysctl  # torch-free there: the score cache reads CPU facts
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 SYSFS_CPU = Path("/sys/devices/system/cpu")  # Linux's CPU topology
@@ -136,12 +136,3 @@ def default_threads() -> int:
     if cores <= 2:
         return cores
     return cores - default_workers(torch.device("cpu"))
-
-
-def sysctl(name: str) -> str:
-    """A macOS sysctl value, or "" where there is none."""
-    try:
-        run = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return run.stdout.strip()

@@ -82,7 +82,7 @@ def cpu_features() -> CpuFeatures:
                     break
     except OSError:
         pass
-    if platform.system() == "Darwin" and _sysctl("hw.optional.arm.FEAT_BF16") == "1":
+    if platform.system() == "Darwin" and sysctl("hw.optional.arm.FEAT_BF16") == "1":
         flags.add("bf16")
     return CpuFeatures(
         amx_bf16="amx_bf16" in flags,
@@ -93,7 +93,8 @@ def cpu_features() -> CpuFeatures:
     )
 
 
-def _sysctl(name: str) -> str:
+def sysctl(name: str) -> str:
+    """A macOS sysctl value, or "" where there is none."""
     try:
         run = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from aidetect.cli.app import app, interruptions
+from aidetect.cli.options import TrustAnchorsOption
 
 INSPECT_EXAMPLES = """Examples:
 
@@ -34,11 +35,7 @@ def inspect_command(
         bool, typer.Option("--json", help="One JSON document: per file, its provenance and "
                            "the whole C2PA manifest store.")
     ] = False,
-    trust_anchors: Annotated[
-        str | None,
-        typer.Option("--trust-anchors", metavar="PEM", show_default="none: no signer trusted",
-                     help="Root certificates (PEM) whose C2PA signers are trusted."),
-    ] = None,
+    trust_anchors: TrustAnchorsOption = None,
 ) -> None:
     """Show what files declare about their origin: C2PA, IPTC XMP, generator parameters, EXIF."""
     from aidetect.errors import EXIT_INCOMPLETE, EXIT_OK

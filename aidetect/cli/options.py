@@ -50,6 +50,14 @@ NoCacheOption = Annotated[
 ]
 
 
+TrustAnchorsOption = Annotated[
+    str | None,
+    typer.Option("--trust-anchors", metavar="PEM", show_default="none: no signer trusted",
+                 help="Root certificates (PEM) whose C2PA signers are trusted; only a trusted "
+                 "manifest can declare a camera capture."),
+]
+
+
 class Precision(str, Enum):
     auto = "auto"
     fp32 = "fp32"

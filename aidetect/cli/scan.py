@@ -22,6 +22,7 @@ from aidetect.cli.options import (
     Precision,
     PrecisionOption,
     QuietOption,
+    TrustAnchorsOption,
     WeightsOption,
     WorkersOption,
 )
@@ -115,12 +116,7 @@ def scan_command(
         bool, typer.Option("--no-provenance", help="Do not read C2PA, XMP, EXIF or generator "
                            "metadata.")
     ] = False,
-    trust_anchors: Annotated[
-        str | None,
-        typer.Option("--trust-anchors", metavar="PEM", show_default="none: no signer trusted",
-                     help="Root certificates (PEM) whose C2PA signers are trusted; only a "
-                     "trusted manifest can declare a camera capture."),
-    ] = None,
+    trust_anchors: TrustAnchorsOption = None,
     quiet: QuietOption = False,
     exclude: Annotated[
         list[str] | None,
