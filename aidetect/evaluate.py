@@ -45,6 +45,8 @@ class Predictions:
     labels: np.ndarray  # (N,) of the images that were scored
     scores: np.ndarray  # (N,) probabilities of being AI-generated
     failures: list[Failure] = field(default_factory=list)
+    logits: np.ndarray | None = None  # (N,) the scores' logits
+    indices: list[int] | None = None  # (N,) which dataset item each score is
 
 
 def out_of_memory_error(batch_size: int) -> UsageError:
@@ -74,7 +76,7 @@ def predict(
     """
     order = list(range(len(dataset))) if indices is None else list(indices)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    labels, scores, failures = [], [], []
+    labels, scores, logit_parts, failures = [], [], [], []
     was_training = detector.training
     detector.eval()
     try:
@@ -92,17 +94,60 @@ def predict(
                 except torch.OutOfMemoryError:
                     raise out_of_memory_error(batch_size) from None
                 # float64, as `scan` computes its scores (on the CPU: MPS has no float64)
-                scores.append(torch.sigmoid(logits.float().cpu().double()).numpy())
+                logits = logits.float().cpu()
+                logit_parts.append(logits.numpy())
+                scores.append(torch.sigmoid(logits.double()).numpy())
                 labels.append(batch.labels.numpy().astype(np.int64))
             if on_batch is not None:
                 on_batch(len(batch) + len(batch.failures))
     finally:
         detector.train(was_training)
+    failed = {failure.index for failure in failures}
     return Predictions(
         labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
         scores=np.concatenate(scores).astype(np.float64) if scores else np.zeros(0),
         failures=failures,
+        logits=np.concatenate(logit_parts) if logit_parts else np.zeros(0, np.float32),
+        indices=[i for i in order if i not in failed],
     )
+
+
+def predict_cached(detector: torch.nn.Module, dataset: ImageDataset, plan, *,
+                   device: torch.device, batch_size: int, workers: int = 0,
+                   on_batch: Callable[[int], None] | None = None) -> Predictions:
+    """`predict` for every item of `dataset`, the model run only on `plan`'s misses
+    (`aidetect.incremental.ScorePlan` of the dataset's paths, in order): the others' scores
+    come from the score cache, or from an identical file scored now; new scores are kept."""
+    from aidetect.cache import CachedScore
+    from aidetect.incremental import unchanged
+
+    position = {candidate.path: i for i, candidate in enumerate(plan.candidates)}
+    found = predict(detector, dataset, device=device, batch_size=batch_size, workers=workers,
+                    indices=[position[c.path] for c in plan.misses], on_batch=on_batch)
+    # Content by its sha256; a file that could not be hashed is its own content.
+    sha_of = [d.sha256 if d is not None else f"#{i}" for i, d in enumerate(plan.digests)]
+    fresh, kept = {}, []
+    for i, score, logit in zip(found.indices, found.scores, found.logits, strict=True):
+        fresh[sha_of[i]] = float(score)
+        if plan.digests[i] is not None and unchanged(dataset.paths[i], plan.digests[i]):
+            kept.append((sha_of[i], CachedScore(score=float(score), logit=float(logit),
+                                                format=None, mode=None, width=None,
+                                                height=None)))
+    plan.store(kept)
+    failed = {f.index: f for f in found.failures}
+    failed_shas = {sha_of[i]: f for i, f in failed.items()}
+    labels, scores, failures = [], [], list(found.failures)
+    for i, sha in enumerate(sha_of):
+        if sha in plan.cached or (sha in fresh and i not in failed):
+            score = plan.cached[sha].score if sha in plan.cached else fresh[sha]
+            labels.append(dataset.labels[i])
+            scores.append(score)
+        elif i not in failed and sha in failed_shas:  # an identical file failed: so does this
+            failures.append(Failure(i, str(dataset.paths[i]), failed_shas[sha].reason))
+    if on_batch is not None:
+        on_batch(len(dataset) - len(plan.misses))
+    return Predictions(labels=np.asarray(labels, np.int64), scores=np.asarray(scores, np.float64),
+                       failures=failures)
 
 
 @dataclass(frozen=True)
@@ -166,8 +211,13 @@ def evaluate(
     fprs: Sequence[float] = CALIBRATION_FPRS,
     on_progress: Callable[[Progress], None] | None = None,
     precision: str = "auto",
+    score_cache=None,
 ) -> EvalReport:
     """Score every subset of `bench` with `detector` at its threshold.
+
+    `score_cache`: an `aidetect.incremental.EvalCache`; unchanged images of an earlier eval
+    with the same weights, preprocessing, perturbations, device kind and precision are not
+    scored again.
 
     `precision` as `aidetect scan` takes it (`aidetect.precision.choose_precision`): the
     detector is converted for it in place, as the scan converts it, so that the scores, and the
@@ -208,10 +258,13 @@ def evaluate(
             if on_progress is not None:
                 on_progress(Progress(subset=name, images=count, total=total))
 
-        found = predict(
-            detector, dataset, device=device, batch_size=batch_size, workers=workers,
-            on_batch=report,
-        )
+        if score_cache is None:
+            found = predict(detector, dataset, device=device, batch_size=batch_size,
+                            workers=workers, on_batch=report)
+        else:
+            found = predict_cached(detector, dataset, score_cache.plan(image_set.paths),
+                                   device=device, batch_size=batch_size, workers=workers,
+                                   on_batch=report)
         failures += found.failures
         for label, kind in ((0, "real"), (1, "AI-generated")):
             if not (found.labels == label).any():

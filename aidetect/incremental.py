@@ -132,16 +132,17 @@ class ScorePlan:
                     result.sha256 = sha
                     if sha in self.repeated:
                         scored[sha] = result
-                    if sha is not None and result.ok and _unchanged(candidate.path, digest):
+                    if sha is not None and result.ok and unchanged(candidate.path, digest):
                         batch.append((sha, _to_cache(result)))
                     if len(batch) >= STORE_EVERY:
-                        self._store(batch)
+                        self.store(batch)
                         batch = []
                 yield result
         finally:
-            self._store(batch)
+            self.store(batch)
 
-    def _store(self, batch: list[tuple[str, CachedScore]]) -> None:
+    def store(self, batch: list[tuple[str, CachedScore]]) -> None:
+        """Keep these new scores under the plan's key (none without a key)."""
         if batch and self.key is not None:
             self.cache.store(batch, self.key.key, self.key.description)
 
@@ -200,6 +201,25 @@ class ScoreSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclasses.dataclass
+class EvalCache:
+    """The score cache as `aidetect.evaluate` uses it: a session whose key carries eval's own
+    decoding and perturbations (`open_session(extra=...)`), and the facts of the detector that
+    was loaded, checked against the key before any score is read."""
+
+    session: ScoreSession
+    sha256: str
+    preprocess: Any
+    device_type: str
+    precision: str
+
+    def plan(self, paths: Iterable[os.PathLike | str]) -> ScorePlan:
+        plan = self.session.plan([Candidate(str(path)) for path in paths])
+        self.session.confirm(plan, sha256=self.sha256, preprocess=self.preprocess,
+                             device_type=self.device_type, precision=self.precision)
+        return plan
 
 
 def open_session(*, weights: str, device: str, precision: str, cache: str | None,
@@ -293,7 +313,7 @@ def _to_cache(result: ImageResult) -> CachedScore:
                        mode=result.mode, width=result.width, height=result.height)
 
 
-def _unchanged(path: str, digest: FileDigest) -> bool:
+def unchanged(path: str, digest: FileDigest) -> bool:
     """Whether the file the scanner read is the one that was hashed (stat stamp unchanged)."""
     if not digest.stable:
         return False

@@ -131,3 +131,53 @@ def test_eval_scores_are_the_scans_to_the_bit(make_detector, bench):
                            preprocess=detector.preprocess_config)
     found = predict(detector, dataset, device="cpu", batch_size=5)
     assert found.scores.tolist() == [scanned[str(p)] for p in image_set.paths]
+
+
+def _eval_with_cache(detector_dir, bench, **perturbation):
+    """evaluate() as `aidetect eval` runs it with the score cache; (report, model calls)."""
+    import torch
+
+    from aidetect.incremental import EvalCache, open_session
+    from aidetect.loading import load_detector
+
+    loaded = load_detector(str(detector_dir))
+    calls = []
+    forward = loaded.detector.forward
+    loaded.detector.forward = lambda x: calls.append(len(x)) or forward(x)
+    session = open_session(weights=str(detector_dir), device="cpu", precision="fp32",
+                           cache=None, extra={"pipeline": "eval", **perturbation})
+    cache = EvalCache(session, sha256=loaded.sha256,
+                      preprocess=loaded.detector.preprocess_config, device_type="cpu",
+                      precision="fp32")
+    with session:
+        report = evaluate(loaded.detector, bench, device=torch.device("cpu"), batch_size=4,
+                          precision="fp32", score_cache=cache, **perturbation)
+    return report, len(calls)
+
+
+def test_a_second_eval_reads_every_score_from_the_cache(detector_dir, bench):
+    first, first_calls = _eval_with_cache(detector_dir, bench)
+    again, again_calls = _eval_with_cache(detector_dir, bench)
+    assert first_calls > 0 and again_calls == 0  # nothing scored the second time
+    assert again.to_dict({}) == first.to_dict({})  # the same metrics and thresholds
+    _, perturbed_calls = _eval_with_cache(detector_dir, bench, jpeg_quality=60)
+    assert perturbed_calls > 0  # a perturbation is part of the key
+    plain = evaluate(Detector.from_pretrained(detector_dir), bench, device="cpu",
+                     batch_size=4, precision="fp32")
+    assert plain.to_dict({}) == first.to_dict({})  # cached or not, the same report
+
+
+def test_eval_cache_scores_identical_files_once_and_skips_broken_ones(detector_dir, tmp_path):
+    root = tmp_path / "bench"
+    write_labelled_folder(root / "gan", n=3)
+    real = sorted((root / "gan" / "0_real").iterdir())
+    (root / "gan" / "0_real" / "copy.png").write_bytes(real[0].read_bytes())
+    (root / "gan" / "1_fake" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    report, calls = _eval_with_cache(detector_dir, root)
+    assert [f.path.endswith("broken.png") for f in report.failures] == [True]
+    assert report.subsets[0].scores.n_real == 4  # the copy counted, scored once
+    assert calls > 0
+    second, again = _eval_with_cache(detector_dir, root)
+    assert again == 0  # every readable file cached; the broken one is decoded again and fails
+    assert [f.path.endswith("broken.png") for f in second.failures] == [True]  # not cached
+    assert second.to_dict({}) == report.to_dict({})

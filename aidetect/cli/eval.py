@@ -15,7 +15,9 @@ import typer
 
 from aidetect.cli.app import app, interruptions
 from aidetect.cli.options import (
+    CacheOption,
     DeviceOption,
+    NoCacheOption,
     OutputOption,
     Precision,
     PrecisionOption,
@@ -120,6 +122,8 @@ def eval_command(
     ] = None,
     quiet: QuietOption = False,
     precision: PrecisionOption = Precision.auto,
+    cache: CacheOption = None,
+    no_cache: NoCacheOption = False,
 ) -> None:
     """Accuracy and AP per benchmark subset, with calibration thresholds for 1% and 5% FPR."""
     import json
@@ -152,6 +156,9 @@ def eval_command(
         )
     extra = [calibrate] if calibrate is not None else []  # 0 is a rate too
     fprs = tuple(dict.fromkeys([*CALIBRATION_FPRS, *extra]))
+    score_cache = None if no_cache else _eval_cache(
+        loaded, torch_device, precision=precision.value, cache=cache, quiet=quiet,
+        perturbations={"jpeg_quality": jpeg_quality, "blur_sigma": blur_sigma})
     with interruptions(), Progress(TextColumn("{task.description}"), BarColumn(),
                                    MofNCompleteColumn(), console=err_console, disable=quiet,
                                    transient=True) as progress:
@@ -166,8 +173,10 @@ def eval_command(
         report = evaluate(
             loaded.detector, data, device=torch_device, batch_size=batch_size, workers=workers,
             jpeg_quality=jpeg_quality, blur_sigma=blur_sigma, fprs=fprs, on_progress=on_progress,
-            precision=precision.value,
+            precision=precision.value, score_cache=score_cache,
         )
+    if score_cache is not None:
+        score_cache.session.close()
     for failure in report.failures:
         err_console.print(f"[yellow]warning:[/] skipped {escape(terminal_safe(str(failure.path)))}"
                           f": {escape(terminal_safe(failure.reason))}", soft_wrap=True)
@@ -216,3 +225,20 @@ def eval_command(
         sys.stdout.write(text)
     else:
         atomic_write_text(output, text)
+
+
+def _eval_cache(loaded, device, *, precision: str, cache: str | None, quiet: bool,
+                perturbations: dict):
+    """The score cache for eval: its own key part (eval decodes and perturbs its inputs
+    itself), so eval's scores and scan's never mix."""
+    from aidetect.cli.console import err_console
+    from aidetect.incremental import EvalCache, open_session
+    from aidetect.precision import choose_precision
+
+    session = open_session(weights=loaded.reference, device=str(device), precision=precision,
+                           cache=cache, extra={"pipeline": "eval", **perturbations})
+    for warning in session.warnings if not quiet else ():
+        err_console.print(f"warning: {warning}", soft_wrap=True, markup=False, style="yellow")
+    return EvalCache(session, sha256=loaded.sha256,
+                     preprocess=loaded.detector.preprocess_config, device_type=device.type,
+                     precision=choose_precision(device, precision))
