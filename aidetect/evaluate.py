@@ -28,7 +28,7 @@ from aidetect.metrics import (
     mean_scores,
     score_table,
 )
-from aidetect.scan import forward_on_cpu
+from aidetect.precision import forward_on_cpu
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+CPU_MICRO_BATCH = 4  # images per forward pass on the CPU, whatever --batch-size
 
 
 def _dtypes() -> dict[str, torch.dtype]:
@@ -179,3 +180,25 @@ def _quantize_int8(tower):
                                 category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*quantize_per_tensor", category=UserWarning)
         return quantize_dynamic(tower, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def forward_on_cpu(model, images):
+    """`model(images)` in fp32, the model always given CPU_MICRO_BATCH images (see
+    `aidetect.scan.Scanner._forward`): what `scan` and `eval` run on the CPU."""
+    import torch
+
+    return torch.cat([model(group)[:count].float()
+                      for group, count in _micro_batches(images, CPU_MICRO_BATCH)])
+
+
+def _micro_batches(images, size: int):
+    """(group of exactly `size` images, how many of them are real) over `images` in order; the
+    last group is padded with copies of its last image."""
+    for start in range(0, images.shape[0], size):
+        group = images[start : start + size]
+        count = group.shape[0]
+        if count < size:
+            import torch
+
+            group = torch.cat([group, group[-1:].expand(size - count, *group.shape[1:])])
+        yield group, count

@@ -1,7 +1,7 @@
 """Scanning: files in, one `ImageResult` per file out, in the order the files were given.
 
-Two pipelines (`Scanner.scan`), both with one per-file step (`read_file`) in DataLoader worker
-processes that overlap the model:
+Two pipelines (`Scanner.scan`), both with one per-file step (`scan_inputs.read_file`) in
+DataLoader worker processes that overlap the model:
 - CPU (the default off CUDA): the worker decodes (`aidetect.data.open_image`) and preprocesses.
 - device (the default on CUDA): the worker reads a JPEG's bytes and header only; the batch's
   JPEGs are decoded on the device (`aidetect.gpu_decode`), other formats in the worker, and the
@@ -19,180 +19,28 @@ largest score difference from fp32; `precision="fp32"` keeps everything fp32.
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 
-from aidetect.config import PreprocessConfig
-from aidetect.data import DEFAULT_MAX_PIXELS, Candidate, open_image
+from aidetect.data import DEFAULT_MAX_PIXELS, Candidate
 from aidetect.devices import default_device_workers, default_threads, default_workers
-from aidetect.errors import ImageError, UsageError
-from aidetect.gpu_decode import JpegFile, decode_jpegs, read_jpeg
-from aidetect.precision import choose_precision, cpu_features, prepare_for_inference
-from aidetect.preprocess import check_image_size, preprocess_batch, preprocess_tensor, to_tensor
-from aidetect.provenance import ProvenanceSettings, read_provenance
+from aidetect.errors import UsageError
+from aidetect.gpu_decode import decode_jpegs
+from aidetect.precision import (
+    choose_precision,
+    cpu_features,
+    forward_on_cpu,
+    prepare_for_inference,
+)
+from aidetect.preprocess import preprocess_batch
+from aidetect.provenance import ProvenanceSettings
 from aidetect.results import LABEL_AI, LABEL_REAL, ImageResult
-
-CPU_MICRO_BATCH = 4  # images per forward pass on the CPU, whatever --batch-size (`_forward`)
-THUMBNAIL_SIDE = 256  # px, the longer side of an HTML report's thumbnails
-
-
-@dataclass
-class _Decoded:
-    """What a worker sends back for one file: the model's input, in one of three forms."""
-
-    index: int
-    tensor: torch.Tensor | None  # preprocessed (CPU pipeline)
-    result: ImageResult  # path and file facts filled; score fields left to the model
-    pixels: torch.Tensor | None = None  # decoded (3, H, W) uint8, to preprocess on the device
-    jpeg: JpegFile | None = None  # to decode on the device
-    has_pixels: bool = False  # pixels packed into the batch (`_collate`)
-
-
-# How a file becomes the model's input: "cpu" decodes and preprocesses in the worker; "device"
-# leaves JPEGs to the device's decoder and all preprocessing to the device (other formats are
-# decoded in the worker); "device-fallback" is "device" for a JPEG the device refused.
-Pipeline = Literal["cpu", "device", "device-fallback"]
-
-
-def read_file(candidate: Candidate, config: PreprocessConfig, *, pipeline: Pipeline,
-              max_pixels: int | None, thumbnails: bool, index: int = 0,
-              provenance: ProvenanceSettings | None = None) -> _Decoded:
-    """One file -> its result's file facts (format, mode, size, thumbnail) and the model's input.
-
-    The one per-file step of every pipeline, run in the decoding workers (and in the main
-    process for a file the device refused). Never raises on a bad file: the result's `error`
-    says what is wrong. With `provenance` settings, the result also carries what the file
-    declares (`aidetect.provenance`; a bad file gets `provenance.error`, never an exception).
-    """
-    result = ImageResult(path=candidate.path, error=candidate.error)
-    if candidate.error is not None:
-        return _Decoded(index, None, result)
-    if provenance is not None:
-        result.provenance = read_provenance(candidate.path, provenance)
-    try:
-        if pipeline == "device":
-            read = read_jpeg(candidate.path, max_pixels=max_pixels,
-                             thumbnail_side=THUMBNAIL_SIDE if thumbnails else None)
-            if read is not None:
-                jpeg, small = read
-                result.format, result.mode = "JPEG", jpeg.mode
-                result.width, result.height = jpeg.width, jpeg.height
-                check_image_size(jpeg.width, jpeg.height, config)
-                if small is not None:
-                    result.thumbnail = _thumbnail(small)
-                return _Decoded(index, None, result, jpeg=jpeg)
-        decoded = open_image(candidate.path, max_pixels=max_pixels)
-        result.format, result.mode = decoded.format, decoded.mode
-        result.width, result.height = decoded.width, decoded.height
-        pixels = to_tensor(decoded.image)
-        if pipeline == "cpu":
-            tensor = preprocess_tensor(pixels, config)
-        else:
-            check_image_size(decoded.width, decoded.height, config)
-            tensor = None
-        if thumbnails:
-            result.thumbnail = _thumbnail(decoded.image)
-    except ImageError as error:
-        result.error = error.message
-        return _Decoded(index, None, result)
-    except MemoryError:
-        result.error = "out of memory while decoding (try a lower --max-pixels)"
-        return _Decoded(index, None, result)
-    if tensor is not None:
-        return _Decoded(index, tensor, result)
-    return _Decoded(index, None, result, pixels=pixels)
-
-
-class _FileDataset(torch.utils.data.Dataset):
-    """Candidates -> model inputs (`read_file`). Never raises on a bad file: it reports it."""
-
-    def __init__(self, candidates: Sequence[Candidate], preprocess: PreprocessConfig, *,
-                 max_pixels: int | None, thumbnails: bool, pipeline: Pipeline = "cpu",
-                 provenance: ProvenanceSettings | None = None) -> None:
-        self.candidates = list(candidates)
-        self.preprocess = preprocess
-        self.max_pixels = max_pixels
-        self.thumbnails = thumbnails
-        self.pipeline = pipeline
-        self.provenance = provenance  # None: not read
-
-    def __len__(self) -> int:
-        return len(self.candidates)
-
-    def __getitem__(self, index: int) -> _Decoded:
-        return read_file(self.candidates[index], self.preprocess, pipeline=self.pipeline,
-                         max_pixels=self.max_pixels, thumbnails=self.thumbnails, index=index,
-                         provenance=self.provenance)
-
-
-def _thumbnail(image) -> bytes:
-    small = image.copy()
-    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=80)
-    return buffer.getvalue()
-
-
-@dataclass
-class _Batch:
-    items: list[_Decoded]
-    images: torch.Tensor | None  # (n, 3, S, S) for the items that decoded, in order (CPU)
-    # The device pipeline's inputs (JPEG bytes, decoded pixels), each kind in one flat tensor
-    # while the batch travels from the worker: one shared-memory segment (and file descriptor)
-    # per kind instead of one per file, and one pinned copy.
-    packed: dict[str, tuple[torch.Tensor, list[tuple[int, ...]]]] = field(default_factory=dict)
-
-    def pin_memory(self) -> _Batch:
-        if self.images is not None:
-            self.images = self.images.pin_memory()
-        self.packed = {kind: (flat.pin_memory(), shapes)
-                       for kind, (flat, shapes) in self.packed.items()}
-        return self
-
-    def unpack(self) -> None:
-        """Give the items back their JPEG bytes and pixels (views of the flat tensors)."""
-        if "jpeg" in self.packed:
-            jpegs = [item.jpeg for item in self.items if item.jpeg is not None]
-            for jpeg, data in zip(jpegs, _unpack(*self.packed.pop("jpeg")), strict=True):
-                jpeg.data = data
-        if "pixels" in self.packed:
-            owners = [item for item in self.items if item.has_pixels]
-            for item, pixels in zip(owners, _unpack(*self.packed.pop("pixels")), strict=True):
-                item.pixels = pixels
-
-
-def _collate(items: list[_Decoded]) -> _Batch:
-    tensors = [item.tensor for item in items if item.tensor is not None]
-    for item in items:
-        item.tensor = None  # stacked below; don't send it twice
-    batch = _Batch(items, torch.stack(tensors) if tensors else None)
-    jpegs = [item.jpeg for item in items if item.jpeg is not None]
-    if jpegs:
-        batch.packed["jpeg"] = _pack([jpeg.data for jpeg in jpegs])
-        for jpeg in jpegs:
-            jpeg.data = None
-    owners = [item for item in items if item.pixels is not None]
-    if owners:
-        batch.packed["pixels"] = _pack([item.pixels for item in owners])
-        for item in owners:
-            item.pixels, item.has_pixels = None, True
-    return batch
-
-
-def _pack(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
-    return torch.cat([t.reshape(-1) for t in tensors]), [tuple(t.shape) for t in tensors]
-
-
-def _unpack(flat: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
-    sizes = [math.prod(shape) for shape in shapes]
-    return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True)]
+from aidetect.scan_inputs import Batch, FileDataset, batch_order, collate, read_file
 
 
 class Scanner:
@@ -269,21 +117,21 @@ class Scanner:
         self.timings = ScanTimings()
         if not candidates:
             return
-        dataset = _FileDataset(candidates, self.detector.preprocess_config,
+        dataset = FileDataset(candidates, self.detector.preprocess_config,
                                max_pixels=max_pixels, thumbnails=thumbnails,
                                pipeline="device" if device_decode else "cpu",
                                provenance=provenance)
         workers = min(workers, -(-len(dataset) // batch_size))  # no idle processes
         loader = torch.utils.data.DataLoader(
             dataset,
-            batch_sampler=_batches(len(dataset), batch_size),
+            batch_sampler=batch_order(len(dataset), batch_size),
             num_workers=workers,
-            collate_fn=_collate,
+            collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=4 if workers else None,  # a few batches ahead of the model
         )
         clock = _StageClock(self.device)
-        pending: tuple[_Batch, _HostLogits | None] | None = None
+        pending: tuple[Batch, _HostLogits | None] | None = None
         batches, first = iter(loader), True
         while True:
             with clock.stage("waiting"):
@@ -307,7 +155,7 @@ class Scanner:
             yield from self._results(*pending)
         self.timings = clock.totals(self.timings.images)
 
-    def _device_inputs(self, batch: _Batch, dataset: _FileDataset,
+    def _device_inputs(self, batch: Batch, dataset: FileDataset,
                        clock: _StageClock) -> torch.Tensor | None:
         """The device pipeline: decode the batch's JPEGs on the device (a file it refuses
         through the CPU path, alone), then preprocess every image of the batch at once."""
@@ -319,7 +167,7 @@ class Scanner:
                 f"{len(batch.items)} images: pass a smaller --batch-size or --max-pixels"
             ) from None
 
-    def _decode_and_preprocess(self, batch: _Batch, dataset: _FileDataset,
+    def _decode_and_preprocess(self, batch: Batch, dataset: FileDataset,
                                clock: _StageClock) -> torch.Tensor | None:
         batch.unpack()
         jpeg_items = [item for item in batch.items if item.jpeg is not None]
@@ -343,7 +191,7 @@ class Scanner:
         with clock.stage("preprocess"):
             return preprocess_batch(images, dataset.preprocess)
 
-    def _results(self, batch: _Batch, host: _HostLogits | None) -> Iterator[ImageResult]:
+    def _results(self, batch: Batch, host: _HostLogits | None) -> Iterator[ImageResult]:
         scored = iter(host.values() if host is not None else [])
         self.timings.images += len(batch.items)
         for item in batch.items:
@@ -441,28 +289,3 @@ class _StageClock:
             end.synchronize()
             self.seconds[name] = self.seconds.get(name, 0.0) + start.elapsed_time(end) / 1000
         return ScanTimings(images=images, **self.seconds)
-
-
-def _batches(count: int, batch_size: int) -> list[list[int]]:
-    """Consecutive batches, the first of one image: the first result (and the progress bar)
-    comes after one image's work instead of a whole batch's. Scores do not depend on it."""
-    order = list(range(count))
-    return [order[:1]] + [order[i : i + batch_size] for i in range(1, count, batch_size)]
-
-
-def forward_on_cpu(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """`model(images)` in fp32, the model always given CPU_MICRO_BATCH images (see
-    `Scanner._forward`): what `scan` and `eval` run on the CPU."""
-    return torch.cat([model(group)[:count].float()
-                      for group, count in _micro_batches(images, CPU_MICRO_BATCH)])
-
-
-def _micro_batches(images: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, int]]:
-    """(group of exactly `size` images, how many of them are real) over `images` in order; the
-    last group is padded with copies of its last image."""
-    for start in range(0, images.shape[0], size):
-        group = images[start : start + size]
-        count = group.shape[0]
-        if count < size:
-            group = torch.cat([group, group[-1:].expand(size - count, *group.shape[1:])])
-        yield group, count

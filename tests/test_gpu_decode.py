@@ -16,7 +16,8 @@ from PIL import Image
 from aidetect.data import Candidate, find_images, open_image
 from aidetect.gpu_decode import decode_jpegs, orient, read_jpeg
 from aidetect.preprocess import to_tensor
-from aidetect.scan import THUMBNAIL_SIDE, Scanner
+from aidetect.scan import Scanner
+from aidetect.scan_inputs import THUMBNAIL_SIDE
 
 CPU = torch.device("cpu")
 # Largest difference, in 8-bit levels, between torchvision's CPU decode_jpeg and Pillow: both
@@ -199,7 +200,8 @@ def test_timings_account_for_every_stage(make_detector, awkward_folder):
 
 def test_a_batch_travels_from_its_worker_as_one_tensor_per_kind(awkward_folder):
     from aidetect.config import DGS_PREPROCESS
-    from aidetect.scan import _collate, read_file
+    from aidetect.scan_inputs import collate as _collate
+    from aidetect.scan_inputs import read_file
 
     candidates = find_images([awkward_folder])
     items = [read_file(c, DGS_PREPROCESS, pipeline="device", max_pixels=None, thumbnails=False,

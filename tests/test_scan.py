@@ -17,7 +17,8 @@ from aidetect.data import Candidate, find_images, open_image
 from aidetect.errors import UsageError
 from aidetect.preprocess import preprocess_tensor, to_tensor
 from aidetect.results import LABEL_AI, LABEL_REAL
-from aidetect.scan import THUMBNAIL_SIDE, Scanner
+from aidetect.scan import Scanner
+from aidetect.scan_inputs import THUMBNAIL_SIDE
 
 CPU = torch.device("cpu")
 
@@ -149,7 +150,7 @@ def test_bad_settings_are_usage_errors(make_detector):
 
 def test_the_cpu_model_sees_one_shape_whatever_the_batch_size(make_detector, mixed_folder):
     """oneDNN picks bf16 kernels by shape: one shape keeps scores identical across batches."""
-    from aidetect.scan import CPU_MICRO_BATCH, _micro_batches
+    from aidetect.precision import CPU_MICRO_BATCH, _micro_batches
 
     images = torch.arange(10, dtype=torch.float32).view(10, 1, 1, 1)
     groups = list(_micro_batches(images, 4))
