@@ -134,6 +134,7 @@ def scan_subprocess(folder: Path, weights: Path, *, device: str, batch_size: int
     """Run the real command; time each result line as it arrives."""
     command = [sys.executable, "-m", "aidetect", "scan", str(folder), "--weights", str(weights),
                "--device", device, "--batch-size", str(batch_size), "--format", "jsonl", "-q",
+               "--no-cache",  # the scan itself, every time (the cache has its own benchmark)
                *extra]
     if workers is not None:
         command += ["--workers", str(workers)]
