@@ -234,7 +234,8 @@ def test_csv_has_the_result_columns_and_one_row_per_file(results) -> None:
     assert tuple(reader.fieldnames) == CSV_FIELDS
     assert [row["path"] for row in rows] == [r.path for r in results]
     for row, result in zip(rows, results, strict=True):
-        expected = {k: "" if v is None else str(v) for k, v in result.to_dict().items()
+        expected = {k: "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+                    for k, v in result.to_dict().items()
                     if k != "provenance"}
         # Provenance not read: its four text columns are empty.
         assert row == {**expected, **dict.fromkeys(PROVENANCE_COLUMNS, "")}
@@ -500,3 +501,16 @@ def test_the_number_of_processes_is_in_json_jsonl_and_the_html_header(results) -
     header = html_text[: html_text.index('<main class="results">')]
     assert '<dt>processes</dt><dd class="processes">2</dd>' in header
     assert _info(results).to_dict()["processes"] == 1
+
+
+def test_csv_writes_booleans_as_json_does():
+    import csv as csv_module
+    import io as io_module
+
+    writer = open_report("csv", output=None, stdout=io_module.StringIO())
+    writer.add(ImageResult(path="a.png", score=0.2, logit=-1.4, label=LABEL_REAL, cached=True))
+    writer.add(ImageResult(path="b.png", error="truncated file"))
+    text = writer.render(None)
+    rows = list(csv_module.DictReader(io_module.StringIO(text)))
+    assert [r["cached"] for r in rows] == ["true", "false"]
+    assert rows[1]["score"] == "" and rows[0]["score"] == "0.2"

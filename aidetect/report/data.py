@@ -66,8 +66,17 @@ class CsvWriter(ReportWriter):
         rows = []
         for result in self.results:
             row = {**result_dict(result), **clean(provenance_cells(result))}
-            rows.append(["" if row[k] is None else row[k] for k in CSV_FIELDS])
+            rows.append([_csv_cell(row[k]) for k in CSV_FIELDS])
         return csv_text(CSV_FIELDS, rows)
+
+
+def _csv_cell(value: Any) -> Any:
+    """null as an empty cell; booleans as JSON writes them (`cached`: true/false)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
 
 
 def csv_text(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
