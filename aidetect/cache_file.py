@@ -52,7 +52,7 @@ def connect(path: Path, warnings: list[str]) -> tuple[sqlite3.Connection | None,
     """Open (making or rebuilding as needed) the database at `path`: (connection, writable)."""
     for attempt in range(2):
         try:
-            connection = _open_checked(path, writable=True)
+            connection = _open_waiting(path)
             return connection, True
         except _Foreign as foreign:
             if attempt == 0:
@@ -81,6 +81,23 @@ def connect(path: Path, warnings: list[str]) -> tuple[sqlite3.Connection | None,
             return connection, False
     warnings.append(f"score cache {path} cannot be rebuilt: scanning without it")
     return None, False
+
+
+def _open_waiting(path: Path) -> sqlite3.Connection:
+    """`_open_checked` for writing, tried again while another scan holds the database.
+
+    Switching to WAL while another process makes the tables is a lock upgrade that SQLite
+    refuses at once (no busy handler: it would deadlock), so scans started together retry
+    here instead of running without the cache.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            return _open_checked(path, writable=True)
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class _Foreign(Exception):
@@ -143,9 +160,18 @@ def _create(db: sqlite3.Connection) -> None:
 
 
 def _header(db: sqlite3.Connection) -> tuple[int, int, set[str]]:
-    application_id = db.execute("PRAGMA application_id").fetchone()[0]
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    # One read transaction: a consistent snapshot. Read one by one, a scan starting beside
+    # another that was making the tables could see the tables (committed) but not the header
+    # before it, take the new cache for another program's and set it aside.
+    db.execute("BEGIN")
+    try:
+        application_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        if db.in_transaction:
+            db.execute("COMMIT")
     return application_id, version, tables
 
 

@@ -296,3 +296,33 @@ def test_model_facts_match_what_loading_reports(detector_dir, hub_cache, tmp_pat
     assert (preset.source, preset.sha256) == ("preset", registry.head_sha256)
     assert preset.config["pretrained"] == registry.pretrained  # the tag's weights: in the key
     assert read_model_facts(str(detector_dir), sha256_of=lambda path: None) is None
+
+
+def _open_at_once(path: str, barrier, out) -> None:
+    from aidetect.cache_file import connect
+
+    barrier.wait()
+    warnings: list[str] = []
+    connect(Path(path), warnings)
+    out.put(warnings)
+
+
+def test_scans_starting_together_on_a_new_cache_all_use_it(tmp_path) -> None:
+    """Six processes open a cache that does not exist yet, at the same instant: none may take
+    the half-made database for another program's (and set it aside), or run without it."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for trial in range(8):
+        path = str(tmp_path / f"trial{trial}" / "scores.sqlite3")
+        Path(path).parent.mkdir()
+        barrier, out = context.Barrier(6), context.Queue()
+        processes = [context.Process(target=_open_at_once, args=(path, barrier, out))
+                     for _ in range(6)]
+        for process in processes:
+            process.start()
+        warnings = [w for _ in processes for w in out.get(timeout=60)]
+        for process in processes:
+            process.join(timeout=60)
+        assert warnings == [], warnings
+        assert sorted(os.listdir(Path(path).parent))[0] == "scores.sqlite3"  # none set aside
