@@ -22,7 +22,7 @@ import subprocess
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aidetect.errors import UsageError
 
@@ -31,20 +31,6 @@ if TYPE_CHECKING:
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 CPU_MICRO_BATCH = 4  # images per forward pass on the CPU, whatever --batch-size
-
-
-def _dtypes() -> dict[str, torch.dtype]:
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def __getattr__(name: str) -> Any:
-    # DTYPES needs torch: made on first use, so that choosing a CPU precision (which the score
-    # cache does before it knows whether a model must load) never imports torch.
-    if name == "DTYPES":
-        return _dtypes()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -151,7 +137,9 @@ def prepare_for_inference(detector, precision: str):
     if precision == "int8":
         detector.visual = _quantize_int8(detector.visual)
     elif precision in ("bf16", "fp16"):
-        detector.visual.to(_dtypes()[precision])
+        import torch
+
+        detector.visual.to(torch.bfloat16 if precision == "bf16" else torch.float16)
     elif precision != "fp32":
         raise ValueError(f"unknown precision {precision!r}")
     detector.head.float()

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from aidetect.cli.app import app
+from aidetect.cli.console import print_warnings
 from aidetect.cli.options import CacheOption
 
 cache_app = typer.Typer(
@@ -32,7 +33,8 @@ def info_command(
     from aidetect.cache import ScoreCache
 
     with ScoreCache.open(cache) as store:
-        _warn(store.warnings)
+        print_warnings(store.warnings)
+        store.warnings.clear()
         facts = store.info()
     if as_json:
         typer.echo(json.dumps(facts.__dict__, indent=2))
@@ -60,20 +62,14 @@ def clear_command(cache: CacheOption = None) -> None:
     from aidetect.errors import UsageError
 
     with ScoreCache.open(cache) as store:
-        _warn(store.warnings)
+        print_warnings(store.warnings)
+        store.warnings.clear()
         if not store.writable:
             raise UsageError(f"{store.path}: cannot clear a score cache that cannot be written")
         removed = store.clear()
-        _warn(store.warnings)
+        print_warnings(store.warnings)
+        store.warnings.clear()
     typer.echo(f"cleared {removed:,} scores from {store.path}")
-
-
-def _warn(warnings: list[str]) -> None:
-    from aidetect.cli.console import err_console
-
-    for warning in warnings:
-        err_console.print(f"warning: {warning}", soft_wrap=True, markup=False, style="yellow")
-    warnings.clear()
 
 
 def _date(seconds: int | None) -> str:

@@ -11,6 +11,14 @@ from rich.console import Console
 err_console = Console(stderr=True, highlight=False)
 
 
+def print_warnings(warnings: list[str], *, quiet: bool = False) -> int:
+    """Each warning on its own line of stderr (none with --quiet); returns how many there were,
+    so that a caller can print later ones only (`warnings[shown:]`)."""
+    for warning in warnings if not quiet else ():
+        err_console.print(f"warning: {warning}", soft_wrap=True, markup=False, style="yellow")
+    return len(warnings)
+
+
 def download_notice(*, quiet: bool) -> Callable[[Any], None]:
     """The `on_download` of a command: one line on stderr saying what is fetched and how big,
     then huggingface_hub's own progress bars on a terminal (none when piped or --quiet)."""

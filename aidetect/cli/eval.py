@@ -231,14 +231,13 @@ def _eval_cache(loaded, device, *, precision: str, cache: str | None, quiet: boo
                 perturbations: dict):
     """The score cache for eval: its own key part (eval decodes and perturbs its inputs
     itself), so eval's scores and scan's never mix."""
-    from aidetect.cli.console import err_console
+    from aidetect.cli.console import print_warnings
     from aidetect.incremental import EvalCache, open_session
     from aidetect.precision import choose_precision
 
     session = open_session(weights=loaded.reference, device=str(device), precision=precision,
                            cache=cache, extra={"pipeline": "eval", **perturbations})
-    for warning in session.warnings if not quiet else ():
-        err_console.print(f"warning: {warning}", soft_wrap=True, markup=False, style="yellow")
+    print_warnings(session.warnings, quiet=quiet)
     return EvalCache(session, sha256=loaded.sha256,
                      preprocess=loaded.detector.preprocess_config, device_type=device.type,
                      precision=choose_precision(device, precision))

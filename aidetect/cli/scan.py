@@ -211,7 +211,7 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     from rich.markup import escape
 
     from aidetect import __version__
-    from aidetect.cli.console import err_console
+    from aidetect.cli.console import err_console, print_warnings
     from aidetect.data import find_images
     from aidetect.distributed_scan import join_scan_group
     from aidetect.errors import (
@@ -237,7 +237,7 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
     session = open_session(weights=weights, device=device, precision=precision, cache=cache,
                            enabled=not no_cache)
     with session, open_report(fmt, output=output, stdout=sys.stdout) as writer:
-        shown = _warn(session.warnings, quiet=quiet)
+        shown = print_warnings(session.warnings, quiet=quiet)
         plan = session.plan(candidates)  # hash, look up: the model loads for the misses only
         if session.facts is not None:
             plan.settle_errors(max_pixels=max_pixels)  # broken files need no model
@@ -290,7 +290,7 @@ def run_scan(*, paths: list[str], weights: str, device: str, batch_size: int,
         info.elapsed_seconds = time.perf_counter() - started
         info.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         writer.finish(info)
-        _warn(session.warnings[shown:], quiet=quiet)  # stores that failed on the way
+        print_warnings(session.warnings[shown:], quiet=quiet)  # stores that failed on the way
     if failure is not None:
         if output is not None and not quiet:
             err_console.print(f"partial report written to {output}", soft_wrap=True,
@@ -339,16 +339,6 @@ def _load_scanner(session, plan, *, weights: str, device: str, threshold: float 
         started="",
     )
     return scanner, info
-
-
-def _warn(warnings: list[str], *, quiet: bool) -> int:
-    """Print the score cache's warnings (one line each) unless quiet; returns how many."""
-    from aidetect.cli.console import err_console
-
-    for warning in warnings if not quiet else ():
-        err_console.print(f"warning: {warning}", soft_wrap=True, markup=False,
-                          style="yellow")
-    return len(warnings)
 
 
 def _scanner(detector, device, threshold: float | None, precision: str, threads: int | None):
