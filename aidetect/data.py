@@ -124,7 +124,10 @@ def pixel_limit_error(width: int, height: int, limit: int | None) -> str | None:
             "(a possible decompression bomb; raise it with --max-pixels)")
 
 
-def jpeg_thumbnail(image: Image.Image, side: int = 256) -> bytes:
+THUMBNAIL_SIDE = 256  # px, the longer side of an HTML report's thumbnails
+
+
+def jpeg_thumbnail(image: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
     """A JPEG of `image` whose longer side is at most `side` px (the HTML report's)."""
     small = image.copy()
     small.thumbnail((side, side))

@@ -5,7 +5,6 @@ model (`collate`, `batch_order`). Never raises on a bad file: its result says wh
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,14 +13,12 @@ from typing import Literal
 import torch
 
 from aidetect.config import PreprocessConfig
-from aidetect.data import Candidate, open_image
+from aidetect.data import THUMBNAIL_SIDE, Candidate, jpeg_thumbnail, open_image
 from aidetect.errors import ImageError
 from aidetect.gpu_decode import JpegFile, read_jpeg
 from aidetect.preprocess import check_image_size, preprocess_tensor, to_tensor
 from aidetect.provenance import ProvenanceSettings, read_provenance
 from aidetect.results import ImageResult
-
-THUMBNAIL_SIDE = 256  # px, the longer side of an HTML report's thumbnails
 
 
 @dataclass
@@ -67,7 +64,7 @@ def read_file(candidate: Candidate, config: PreprocessConfig, *, pipeline: Pipel
                 result.width, result.height = jpeg.width, jpeg.height
                 check_image_size(jpeg.width, jpeg.height, config)
                 if small is not None:
-                    result.thumbnail = _thumbnail(small)
+                    result.thumbnail = jpeg_thumbnail(small)
                 return Decoded(index, None, result, jpeg=jpeg)
         decoded = open_image(candidate.path, max_pixels=max_pixels)
         result.format, result.mode = decoded.format, decoded.mode
@@ -79,7 +76,7 @@ def read_file(candidate: Candidate, config: PreprocessConfig, *, pipeline: Pipel
             check_image_size(decoded.width, decoded.height, config)
             tensor = None
         if thumbnails:
-            result.thumbnail = _thumbnail(decoded.image)
+            result.thumbnail = jpeg_thumbnail(decoded.image)
     except ImageError as error:
         result.error = error.message
         return Decoded(index, None, result)
@@ -111,14 +108,6 @@ class FileDataset(torch.utils.data.Dataset):
         return read_file(self.candidates[index], self.preprocess, pipeline=self.pipeline,
                          max_pixels=self.max_pixels, thumbnails=self.thumbnails, index=index,
                          provenance=self.provenance)
-
-
-def _thumbnail(image) -> bytes:
-    small = image.copy()
-    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=80)
-    return buffer.getvalue()
 
 
 @dataclass

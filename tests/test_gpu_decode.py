@@ -13,11 +13,10 @@ import torchvision.io
 from conftest import random_image
 from PIL import Image
 
-from aidetect.data import Candidate, find_images, open_image
+from aidetect.data import THUMBNAIL_SIDE, Candidate, find_images, open_image
 from aidetect.gpu_decode import decode_jpegs, orient, read_jpeg
 from aidetect.preprocess import to_tensor
 from aidetect.scan import Scanner
-from aidetect.scan_inputs import THUMBNAIL_SIDE
 
 CPU = torch.device("cpu")
 # Largest difference, in 8-bit levels, between torchvision's CPU decode_jpeg and Pillow: both

@@ -13,12 +13,11 @@ from conftest import random_image
 from PIL import Image
 
 from aidetect.config import LoraConfig
-from aidetect.data import Candidate, find_images, open_image
+from aidetect.data import THUMBNAIL_SIDE, Candidate, find_images, open_image
 from aidetect.errors import UsageError
 from aidetect.preprocess import preprocess_tensor, to_tensor
 from aidetect.results import LABEL_AI, LABEL_REAL
 from aidetect.scan import Scanner
-from aidetect.scan_inputs import THUMBNAIL_SIDE
 
 CPU = torch.device("cpu")
 
