@@ -35,22 +35,14 @@ class Download:
     def describe(self) -> str:
         """One line, e.g. "downloading the ... weights (timm/x/open_clip_model.safetensors,
         1.7 GB) into the Hugging Face cache (~/.cache/huggingface/hub)"."""
-        size = f", {human_size(self.size)}" if self.size else ""
+        from rich.filesize import decimal  # powers of 1000, as the Hub shows sizes
+
+        size = f", {decimal(self.size)}" if self.size else ""
         return (f"downloading {self.what} ({self.repo_id}/{self.filename}{size}) into the "
                 f"Hugging Face cache ({self.cache}); later runs use the cache")
 
 
 OnDownload = Callable[[Download], None]
-
-
-def human_size(size: int) -> str:
-    """1700000000 -> "1.7 GB" (powers of 1000, as the Hub shows sizes)."""
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} GB"
 
 
 def hub_host() -> tuple[str, int]:

@@ -133,11 +133,13 @@ def test_the_probe_connects_to_the_endpoint_host(online, monkeypatch):
     assert hub_reachable(timeout=2.0) is True
 
 
-def test_human_sizes() -> None:
-    from aidetect.downloads import human_size
+def test_download_sizes_read_as_the_hub_shows_them() -> None:
+    from aidetect.downloads import Download
 
-    assert [human_size(n) for n in (512, 1_500, 2_000_000, 1_710_000_000)] == [
-        "512 B", "1.5 kB", "2.0 MB", "1.7 GB"]
+    lines = [Download("o/r", "w.safetensors", size, "/c", "the weights").describe()
+             for size in (512, 1_500, 2_000_000, 1_710_000_000, None)]
+    assert [line.split("w.safetensors")[1].split(")")[0] for line in lines] == [
+        ", 512 bytes", ", 1.5 kB", ", 2.0 MB", ", 1.7 GB", ""]
 
 
 def test_tag_weights_files_follow_open_clip() -> None:
