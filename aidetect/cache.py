@@ -28,7 +28,6 @@ past that, the least recently used are deleted down to 90% of it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import time
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aidetect.cache_file import DATABASE_NAME, connect, database_files, set_aside
+from aidetect.hub import stream_sha256
 
 __all__ = ["DATABASE_NAME", "CachedScore", "CacheInfo", "FileDigest", "ScoreCache", "cache_folder",
            "hash_file", "stamp_of"]
@@ -99,14 +99,12 @@ def stamp_of(info: os.stat_result) -> Stamp:
 
 
 def hash_file(path: str) -> FileDigest:
-    """Read and hash `path` (1 MiB chunks; hashlib releases the GIL, so threads overlap)."""
-    digest = hashlib.sha256()
+    """Read and hash `path`; `stable` when its stat stamp did not change while it was read."""
     with open(path, "rb") as handle:
         before = stamp_of(os.fstat(handle.fileno()))
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+        sha256 = stream_sha256(handle)
         after = stamp_of(os.fstat(handle.fileno()))
-    return FileDigest(digest.hexdigest(), before, stable=before == after)
+    return FileDigest(sha256, before, stable=before == after)
 
 
 class ScoreCache:
