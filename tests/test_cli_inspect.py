@@ -67,9 +67,13 @@ def test_json_has_the_whole_manifest_store(capsys, files) -> None:
 
 def test_unreadable_metadata_exits_3_with_the_error(capsys, tmp_path) -> None:
     bomb = write(tmp_path, "bomb.png", with_xmp("PNG", billion_laughs()))
-    code, out, _ = inspect(capsys, str(bomb), str(tmp_path / "missing.png"))
+    code, out, _ = inspect(capsys, str(bomb))
     assert code == 3
     assert "  error: XMP refused: DTDForbidden" in out
-    assert "  error: metadata unreadable ([Errno 2]" in out
+    missing = tmp_path / "missing.png"  # as scan: a path that is not there is a usage error
+    code, out, err = inspect(capsys, str(bomb), str(missing))
+    assert code == 2 and out == "" and err == f"aidetect: error: {missing}: no such file\n"
+    code, _, err = inspect(capsys, str(tmp_path))
+    assert code == 2 and err.endswith("is a folder: inspect takes files\n")
     code, _, err = inspect(capsys, str(bomb), "--trust-anchors", str(tmp_path / "none.pem"))
     assert code == 2 and err.startswith("aidetect: error: --trust-anchors")

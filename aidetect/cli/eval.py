@@ -160,7 +160,8 @@ def eval_command(
         loaded, torch_device, precision=precision.value, cache=cache, quiet=quiet,
         perturbations={"jpeg_quality": jpeg_quality, "blur_sigma": blur_sigma})
     with interruptions(), Progress(TextColumn("{task.description}"), BarColumn(),
-                                   MofNCompleteColumn(), console=err_console, disable=quiet,
+                                   MofNCompleteColumn(), console=err_console,
+                                   disable=quiet or not err_console.is_terminal,
                                    transient=True) as progress:
         tasks: dict[str, int] = {}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated, Any
 
@@ -38,9 +39,14 @@ def inspect_command(
     trust_anchors: TrustAnchorsOption = None,
 ) -> None:
     """Show what files declare about their origin: C2PA, IPTC XMP, generator parameters, EXIF."""
-    from aidetect.errors import EXIT_INCOMPLETE, EXIT_OK
+    from aidetect.errors import EXIT_INCOMPLETE, EXIT_OK, UsageError
     from aidetect.provenance import ProvenanceSettings, load_trust_anchors, read_provenance
+    from aidetect.text import terminal_safe
 
+    for path in files:  # as scan treats the paths it is given: a missing one is a usage error
+        if not os.path.isfile(path):
+            what = "is a folder: inspect takes files" if os.path.isdir(path) else "no such file"
+            raise UsageError(f"{terminal_safe(path)}: {what}")
     anchors = load_trust_anchors(trust_anchors) if trust_anchors is not None else None
     settings = ProvenanceSettings(trust_anchors=anchors)
     with interruptions():
