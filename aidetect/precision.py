@@ -10,7 +10,7 @@ back to fp32, and the head and the sigmoid run in fp32, so the score's last step
 - CPU: bf16 where the processor multiplies bf16 natively (AMX-BF16, AVX512-BF16, Arm BF16);
   fp32 elsewhere. int8 is never picked by `auto`: its score gap is larger, its scores depend
   on the other images of the batch, and on a CPU with bf16 units it is slower than bf16 (see
-  the README and `benchmarks/scan.py --precisions`).
+  the README and `benchmarks/scan_precision.py`).
 - MPS (Apple GPUs): fp16, the half type every Apple GPU and macOS version supports (bf16 needs
   macOS 14 and is not native on every Apple GPU).
 """

@@ -14,7 +14,8 @@ scored becomes a result with an `error`; nothing about one file stops the others
 Precision (`aidetect.precision`): the tower's weights are converted to the precision chosen for
 the device (bf16 on CPUs with bf16 units and on CUDA from Ampere on, fp16 on older GPUs and on
 MPS, fp32 elsewhere), the head and the sigmoid stay fp32. `benchmarks/scan.py` prints the
-largest score difference from fp32; `precision="fp32"` keeps everything fp32.
+largest score difference from the CPU fp32 path, `benchmarks/scan_precision.py` each CPU
+precision's; `precision="fp32"` keeps everything fp32.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scan import make_images  # noqa: E402  (benchmarks/scan.py, beside this file)
+from scan_common import make_images  # noqa: E402  (benchmarks/scan_common.py, beside this file)
 
 
 def run_scan(folder: Path, weights: Path, cache: Path, *flags: str) -> tuple[float, dict]:

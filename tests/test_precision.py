@@ -142,7 +142,7 @@ def test_scores_repeat_across_runs_and_workers(make_detector, image_folder, prec
 @pytest.mark.parametrize(("precision", "bound"), [("bf16", 1e-5), ("int8", 3e-2)])
 def test_scores_across_batch_sizes(make_detector, image_folder, precision, bound) -> None:
     """On the tiny model's shapes bf16 scores do not depend on the batch (at ViT-B's, oneDNN
-    picks its bf16 kernels by shape: `benchmarks/scan.py --precisions` prints the drift);
+    picks its bf16 kernels by shape: `benchmarks/scan_precision.py` prints the drift);
     int8's do, within its bound: torch.ao quantizes a batch's activations with one scale."""
     from aidetect.data import find_images
     from aidetect.scan import Scanner

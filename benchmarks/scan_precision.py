@@ -1,0 +1,149 @@
+"""The CPU scan end to end at each precision, in one run.
+
+The scan runs through the Scanner with its default decoding processes and threads, as
+`aidetect scan` runs it, once per precision (--precisions: fp32, auto, int8 by default), on the
+same images. For each it prints images/s, the ratio to fp32, and its largest score and logit
+difference from fp32, also at a trained detector's scale (see `precision_gaps`); then what
+`auto` chose, and how far `auto`'s logits move when the batch size is halved. The machine is
+named with its CPU model and the features that decide `auto` (AMX-BF16, AVX512-BF16, ...).
+
+The detector has random weights (speed does not depend on them); the images are JPEGs of smooth
+noise with some texture, so they compress like photos (scan_common.make_images).
+
+    python benchmarks/scan_precision.py --precisions fp32,auto,int8 --images 48 --batch-size 8
+    python benchmarks/scan_precision.py --precisions fp32,auto --backbone ViT-L-14-quickgelu \\
+        --images 16 --batch-size 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from scan_common import cpu_name, make_images, parse_size, save_detector
+
+TRAINED_LOGIT = 10.0  # |logit| a trained detector reaches on confident images (score 0.99995)
+
+
+def scan_at_precision(weights: Path, folder: Path, *, precision: str, batch_size: int,
+                      workers: int | None, threads: int | None) -> dict:
+    """One scan through `Scanner.scan`, as `aidetect scan` runs it: images/s and logits.
+
+    The model is loaded and warmed up (one forward pass) before the clock starts, so the
+    figure is the steady work of a scan: decoding processes, batching, the model.
+    """
+    import torch
+
+    from aidetect.data import find_images
+    from aidetect.model import Detector
+    from aidetect.scan import Scanner
+
+    scanner = Scanner(Detector.from_pretrained(weights), device=torch.device("cpu"),
+                      threshold=0.5, precision=precision, threads=threads)
+    size = scanner.detector.preprocess_config.size
+    scanner.score_tensors(torch.zeros(batch_size, 3, size, size))  # warm-up
+    candidates = find_images([folder])
+    start = time.perf_counter()
+    results = list(scanner.scan(candidates, batch_size=batch_size, workers=workers))
+    elapsed = time.perf_counter() - start
+    errors = [r.error for r in results if r.error is not None]
+    if errors:
+        raise RuntimeError(errors[0])
+    return {"precision": scanner.precision, "device": scanner.description,
+            "images_per_s": len(results) / elapsed, "seconds": elapsed,
+            "logits": torch.tensor([r.logit for r in results], dtype=torch.float64)}
+
+
+def precision_gaps(logits, reference) -> dict:
+    """Largest differences from fp32: scores and logits as they are, and at a trained scale.
+
+    Random weights give logits within about +-1, where a score moves by at most a quarter of
+    its logit's error. A trained detector's head is larger: its logits reach +-10. The head is
+    linear and runs in fp32, so scaling it by k scales every logit and every logit error by k;
+    at that scale a score near the threshold (0.5) moves by up to k * error / 4.
+    """
+    import torch
+
+    scale = TRAINED_LOGIT / float(reference.abs().max())
+    logit_gap = float((logits - reference).abs().max())
+    return {
+        "score": float((torch.sigmoid(logits) - torch.sigmoid(reference)).abs().max()),
+        "logit": logit_gap,
+        "trained_logit": scale * logit_gap,
+        "trained_at_threshold": scale * logit_gap / 4,
+    }
+
+
+def compare_precisions(args) -> None:
+    """Scan the same images at each precision on the CPU, in one run, and print the figures."""
+    import torch
+
+    from aidetect.devices import default_workers, physical_cores
+    from aidetect.precision import cpu_features
+
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    width, height = parse_size(args.size)
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, weights = Path(tmp) / "images", Path(tmp) / "detector"
+        folder.mkdir()
+        make_images(folder, args.images, width, height)
+        save_detector(weights, args.backbone)
+        for precision in precisions:
+            runs[precision] = scan_at_precision(weights, folder, precision=precision,
+                                                batch_size=args.batch_size, workers=args.workers,
+                                                threads=args.threads)
+        other_batch = max(1, args.batch_size // 2)
+        rebatched = None
+        if "auto" in runs and args.images > other_batch:
+            rebatched = scan_at_precision(weights, folder, precision="auto",
+                                          batch_size=other_batch, workers=args.workers,
+                                          threads=args.threads)
+
+    workers = args.workers if args.workers is not None else default_workers(torch.device("cpu"))
+    print(f"machine: {cpu_name()} ({platform.machine()}; {cpu_features().describe()}), "
+          f"{physical_cores()} physical cores, torch {torch.__version__}")
+    print(f"model: {args.backbone} (random weights), {args.images} JPEGs {args.size}, "
+          f"batch {args.batch_size}, {workers} decoding worker(s), "
+          f"{torch.get_num_threads()} model thread(s)")
+    reference = runs.get("fp32")
+    print(f"{'precision':<16} {'images/s':>9} {'x fp32':>7} {'score gap':>10} "
+          f"{'logit gap':>10} {'trained: logit gap':>19} {'score at 0.5':>13}")
+    for requested, run in runs.items():
+        name = f"{requested} ({run['precision']})" if requested == "auto" else requested
+        line = f"{name:<16} {run['images_per_s']:9.2f}"
+        if reference is not None:
+            gaps = precision_gaps(run["logits"], reference["logits"])
+            line += (f" {run['images_per_s'] / reference['images_per_s']:7.2f} "
+                     f"{gaps['score']:10.2e} {gaps['logit']:10.2e} "
+                     f"{gaps['trained_logit']:19.2e} {gaps['trained_at_threshold']:13.2e}")
+        print(line)
+    auto = runs.get("auto")
+    if auto is not None:
+        print(f"auto = {auto['device']}")
+    if rebatched is not None:
+        drift = float((rebatched["logits"] - auto["logits"]).abs().max())
+        print(f"auto, batch {other_batch} vs {args.batch_size}: largest logit difference "
+              f"{drift:.2e}")
+    print(f"trained scale: the head scaled so that |fp32 logit| reaches {TRAINED_LOGIT:g}; "
+          "'score at 0.5': the most a score at the threshold moves then")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="ViT-B-16")
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=None, help="default: the scan's own")
+    parser.add_argument("--threads", type=int, default=None, help="default: the scan's own")
+    parser.add_argument("--size", default="1024x768", help="the images' WIDTHxHEIGHT")
+    parser.add_argument("--precisions", default="fp32,auto,int8",
+                        help="comma-separated precisions to compare, e.g. fp32,auto,int8")
+    compare_precisions(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
