@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from aidetect.model import create_clip, resolve_model_cfg
+from aidetect.towers import create_clip, resolve_model_cfg
 
 
 @dataclass(frozen=True)

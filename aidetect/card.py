@@ -13,11 +13,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aidetect import __version__
 from aidetect.atomic import atomic_write_text
 from aidetect.licences import DGS_NET_CITATION, Licence, clip_licence
+
+if TYPE_CHECKING:
+    from aidetect.config import TrainConfig
 
 CARD_NAME = "README.md"
 _START, _END = "<!-- aidetect:threshold -->", "<!-- /aidetect:threshold -->"
@@ -48,6 +51,30 @@ class CardInfo:
             return list(self.licences)
         base = clip_licence(self.backbone, self.base_pretrained)
         return [base] if base else []
+
+
+def training_recipe(cfg: TrainConfig, kind: str, *, precision: str, steps: int,
+                    processes: int) -> dict[str, Any]:
+    """The card's recipe table for a `train` or `finetune` run (`CardInfo.recipe`)."""
+    recipe: dict[str, Any] = {}
+    if kind == "train":
+        recipe["stage 1 (linear probe) epochs"] = cfg.probe_epochs
+    recipe.update({
+        "stage 2 (DGS) epochs": cfg.epochs,
+        "batch size": cfg.batch_size,
+        "optimizer": f"Adam, lr {cfg.lr:g}, betas {tuple(cfg.betas)}",
+        "LoRA": f"q, k, v of every block; rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g}, "
+                f"dropout {cfg.lora.dropout:g}",
+        "alignment weight": cfg.align_weight,
+        "augmentation": "random tile order and horizontal flip"
+        + (f"; blur p={cfg.blur_prob:g}, sigma {cfg.blur_sigma}" if cfg.blur_prob else "")
+        + (f"; JPEG p={cfg.jpeg_prob:g}, quality {cfg.jpeg_quality}" if cfg.jpeg_prob else ""),
+        "seed": cfg.seed,
+        "precision": precision,
+        "steps": steps,
+        "processes": processes,
+    })
+    return recipe
 
 
 def _fmt(value: Any) -> str:

@@ -238,7 +238,8 @@ def convert_dgs_net(source: str | Path, out: str | Path, *, lora_alpha: float = 
     import torch
 
     from aidetect.config import DGS_PREPROCESS
-    from aidetect.model import Detector, load_state
+    from aidetect.detector_files import load_state
+    from aidetect.model import Detector
 
     source = str(source)
     state = load_checkpoint(source) if state is None else state

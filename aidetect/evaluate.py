@@ -309,7 +309,7 @@ def write_threshold(folder: str | Path, threshold: float, *, fpr: float,
     from aidetect.atomic import atomic_write_text
     from aidetect.card import update_threshold
     from aidetect.config import CONFIG_NAME
-    from aidetect.model import read_config
+    from aidetect.detector_files import read_config
 
     folder = Path(folder)
     if not 0.0 <= threshold <= 1.0:

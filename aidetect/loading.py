@@ -177,7 +177,7 @@ def load_folder(folder: Path, *, device: str, on_download: OnDownload | None = N
     """A detector folder; a head-only one (`pretrained` set in its config) builds its image tower
     from that open_clip tag and reads only the head from model.safetensors."""
     from aidetect.config import CONFIG_NAME, WEIGHTS_NAME
-    from aidetect.model import read_config
+    from aidetect.detector_files import read_config
 
     config = read_config(folder)
     check_config(config, str(folder / CONFIG_NAME))
@@ -185,7 +185,7 @@ def load_folder(folder: Path, *, device: str, on_download: OnDownload | None = N
     if not weights.is_file():
         raise WeightsError(f"{folder}: no {WEIGHTS_NAME} in this detector folder (only "
                            "safetensors weights are loaded)")
-    from aidetect.model import load_safetensors
+    from aidetect.detector_files import load_safetensors
 
     if config.get("pretrained"):
         state = load_safetensors(weights)
@@ -207,7 +207,8 @@ def build_on_tag(config: dict[str, Any], head: dict, *, source: str, reference: 
     The `univfd` preset and head-only folders load this way. Offline, a tag that is not cached
     fails at once instead of attempting a download; `on_download` hears of a download first.
     """
-    from aidetect.model import Detector, load_state
+    from aidetect.detector_files import load_state
+    from aidetect.model import Detector
 
     kwargs = _detector_kwargs(config)
     cache_only = _prepare_backbone(kwargs["backbone"], kwargs["pretrained"], reference,
@@ -260,7 +261,7 @@ def read_single_file_config(path: str | Path) -> dict[str, Any]:
 
 def load_single_file(path: str | Path, *, device: str = "cpu"):
     """A detector from one `.safetensors` file (config in its metadata), strictly loaded."""
-    from aidetect.model import load_safetensors
+    from aidetect.detector_files import load_safetensors
 
     config = read_single_file_config(path)
     state = load_safetensors(path, device=str(device))
@@ -272,7 +273,8 @@ def detector_from_state(config: dict[str, Any], state: dict, *, source: str, dev
     state dict, every tensor accounted for."""
     import torch
 
-    from aidetect.model import Detector, load_state
+    from aidetect.detector_files import load_state
+    from aidetect.model import Detector
 
     kwargs = _detector_kwargs(config)
     kwargs["pretrained"] = None  # the state dict holds every weight

@@ -147,8 +147,8 @@ def write_card(folder: Path) -> None:
     """Write aidetect's card into a folder that has none, from its config."""
     from aidetect.atomic import atomic_write_text
     from aidetect.card import render_detector_card
+    from aidetect.detector_files import read_config
     from aidetect.licences import clip_licence, recorded_licences
-    from aidetect.model import read_config
 
     config = read_config(folder)
     licences = recorded_licences(config, str(folder / "config.json"))

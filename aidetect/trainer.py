@@ -388,27 +388,10 @@ class Trainer:
         self.save_checkpoint(*self.position, finished=True, state=state)
 
     def _card_info(self):
-        from aidetect.card import CardInfo
+        from aidetect.card import CardInfo, training_recipe
 
-        cfg = self.cfg
-        recipe: dict[str, Any] = {}
-        if self.job.kind == "train":
-            recipe["stage 1 (linear probe) epochs"] = cfg.probe_epochs
-        recipe.update({
-            "stage 2 (DGS) epochs": cfg.epochs,
-            "batch size": cfg.batch_size,
-            "optimizer": f"Adam, lr {cfg.lr:g}, betas {tuple(cfg.betas)}",
-            "LoRA": f"q, k, v of every block; rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g}, "
-                    f"dropout {cfg.lora.dropout:g}",
-            "alignment weight": cfg.align_weight,
-            "augmentation": "random tile order and horizontal flip"
-            + (f"; blur p={cfg.blur_prob:g}, sigma {cfg.blur_sigma}" if cfg.blur_prob else "")
-            + (f"; JPEG p={cfg.jpeg_prob:g}, quality {cfg.jpeg_quality}" if cfg.jpeg_prob else ""),
-            "seed": cfg.seed,
-            "precision": self.precision.describe(),
-            "steps": self.global_step,
-            "processes": self.dist.world,
-        })
+        recipe = training_recipe(self.cfg, self.job.kind, precision=self.precision.describe(),
+                                 steps=self.global_step, processes=self.dist.world)
         start = None
         if self.start_from:
             start = f"{self.start_from['reference']} (sha256 {self.start_from['sha256'][:12]})"

@@ -117,7 +117,7 @@ def run_variant(variant: str, backbone: str, batch: int, steps: int, device_name
         import open_clip
 
         from aidetect.lora import add_lora, lora_parameters
-        from aidetect.model import create_clip
+        from aidetect.towers import create_clip
 
         student = create_clip(backbone, None).to(device)
         teacher = copy.deepcopy(student).requires_grad_(False).eval()  # the second CLIP

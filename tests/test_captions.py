@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from aidetect.captions import build_text_tower, encode_captions
-from aidetect.model import create_clip
+from aidetect.towers import create_clip
 
 CAPTIONS = ["a photo of a cat", "a photo of a dog", "a photo of a cat", "a photo"]
 

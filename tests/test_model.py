@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 from aidetect import Detector, Teacher
 from aidetect.captions import encode_captions
 from aidetect.errors import WeightsError
-from aidetect.model import FORMAT_VERSION, create_clip, tag_uses_quick_gelu
+from aidetect.model import FORMAT_VERSION
+from aidetect.towers import create_clip, tag_uses_quick_gelu
 
 
 def _images(n: int = 3) -> torch.Tensor:
