@@ -9,7 +9,6 @@ LoRA switched off, plus a frozen probe head, so no second copy of CLIP is held.
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import shutil
 import tempfile
@@ -45,8 +44,6 @@ from aidetect.towers import (
     resolve_model_cfg,
     uses_quick_gelu,
 )
-
-logger = logging.getLogger(__name__)
 
 
 class Detector(
