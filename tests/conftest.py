@@ -289,3 +289,10 @@ def photos(tmp_path: Path) -> Path:
     (folder / "broken.jpg").write_bytes(random.Random(0).randbytes(500))
     os.symlink("loop.png", folder / "loop.png")
     return folder
+
+
+def touch(path: Path, data: bytes = b"x") -> Path:
+    """A file holding DATA, its folders made as needed: no image is encoded."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
