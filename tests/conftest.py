@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from report_helpers import results  # noqa: F401  (the report tests' fixture)
 
 # A CLIP small enough to run a forward pass in milliseconds; QuickGELU like OpenAI's.
 TINY_CLIP = "aidetect-tiny-clip"
