@@ -6,8 +6,10 @@ temporary folder for the whole session.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from report_helpers import results  # noqa: F401  (the report tests' fixture)
 
 # A CLIP small enough to run a forward pass in milliseconds; QuickGELU like OpenAI's.
 TINY_CLIP = "aidetect-tiny-clip"
@@ -250,3 +253,47 @@ def make_read_only():
         subprocess.run(["chattr", "-i", str(path)], check=False)
     for path in changed:
         path.chmod(0o755)
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """Good images of every mode and format a scan decodes, and broken files of each kind
+    (named in tests/cli_helpers.py: GOOD, BAD; BOMB refuses bomb.png)."""
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    random_image(96, 64, seed=1).save(folder / "a.png")
+    random_image(120, 90, seed=2).save(folder / "b.JPG", quality=90)
+    random_image(64, 64, seed=3).save(folder / "nested" / "c.webp")
+    random_image(70, 50, seed=4, mode="RGBA").save(folder / "nested" / "d.png")
+    modes = folder / "modes"
+    modes.mkdir()
+    base = random_image(80, 60, seed=5)
+    base.convert("CMYK").save(modes / "cmyk.jpg")
+    base.convert("L").save(modes / "gray.tiff")
+    base.convert("LA").save(modes / "gray-alpha.png")
+    base.convert("P").save(modes / "palette.gif", transparency=0)
+    base.save(modes / "anim.gif", save_all=True, append_images=[base.rotate(90)])
+    base.save(modes / "plain.bmp")
+    Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257).save(
+        modes / "deep.png")  # 16-bit gray
+    broken = folder / "broken"
+    broken.mkdir()
+    (broken / "empty.png").write_bytes(b"")
+    jpeg = io.BytesIO()
+    base.save(jpeg, format="JPEG")
+    (broken / "truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (broken / "text.jpg").write_text("not an image")
+    png = bytearray((folder / "a.png").read_bytes())
+    png[200:260] = bytes(60)
+    (broken / "corrupt.png").write_bytes(bytes(png))
+    Image.new("L", (4000, 4000)).save(broken / "bomb.png")  # refused with --max-pixels below
+    (folder / "broken.jpg").write_bytes(random.Random(0).randbytes(500))
+    os.symlink("loop.png", folder / "loop.png")
+    return folder
+
+
+def touch(path: Path, data: bytes = b"x") -> Path:
+    """A file holding DATA, its folders made as needed: no image is encoded."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
