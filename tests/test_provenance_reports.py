@@ -10,6 +10,7 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import cli_helpers
 import jsonschema
 import pytest
 from provenance_files import (
@@ -79,10 +80,8 @@ def folder(tmp_path: Path, chains, monkeypatch) -> Path:
 
 
 def scan(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["scan", *args, "--workers", "0", "--threshold", "1"])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+    """`aidetect scan` in process, every pixel score below the threshold (verdicts apart)."""
+    return cli_helpers.scan(capsys, *args, "--threshold", "1")
 
 
 @pytest.mark.parametrize("trust", [False, True])
