@@ -207,11 +207,12 @@ class Scanner:
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (fp32, on the device; not waited for) of preprocessed images on the device.
 
-        On the CPU the model always sees CPU_MICRO_BATCH images at a time (the last group
-        padded with copies of its last image): oneDNN picks its bf16 kernels by matrix shape,
-        so a ViT-B-16's logits moved by up to 1.3e-2 between batches of 1, 3 and 8; with one
-        shape they are bit-identical whatever --batch-size, at no measurable cost. (int8 still
-        scales activations per group, so its scores keep depending on their neighbours.)
+        On the CPU the model always sees the same number of images at a time
+        (`precision.cpu_group_size`; the last group padded with copies of its last image):
+        oneDNN picks its bf16 kernels by matrix shape, so a ViT-B-16's logits moved by up to
+        1.3e-2 between batches of 1, 3 and 8; with one shape they are bit-identical whatever
+        --batch-size. (int8 still scales activations per group, so its scores keep depending
+        on their neighbours.)
         """
         try:
             with torch.inference_mode():

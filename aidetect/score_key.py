@@ -7,7 +7,8 @@ Besides the file's content, a score depends on:
 - the computation: device kind and precision, e.g. "cpu/bf16" (`compute_kind`, which asks
   `aidetect.precision.choose_precision`): a CPU score is not reused for a GPU scan;
 - the versions of aidetect (decoding and preprocessing code), torch and open_clip (kernels,
-  and the weights an open_clip tag names): an upgrade scores again once.
+  and the weights an open_clip tag names): an upgrade scores again once; and
+  `SCORING_REVISION`, raised by any change that moves a score between releases.
 The threshold is not part of it: the label is recomputed from the score.
 
 `read_model_facts` reads the same files `aidetect.loading.load_detector` reads (config and weights
@@ -29,6 +30,12 @@ from typing import Any
 
 from aidetect.config import DEFAULT_THRESHOLD, PreprocessConfig
 from aidetect.results import ModelInfo
+
+# Raised with every change that makes the same file, weights and settings score differently
+# (preprocessing arithmetic, the CPU's image groups), so that a cache filled by an earlier
+# build of the same version is never served. 2: groups of 8 for narrow bf16 towers on the CPU,
+# the spectral power as re^2 + im^2.
+SCORING_REVISION = 2
 
 # Files whose presence means torch may find a GPU: NVIDIA's driver, ROCm's, WSL2's GPU bridge.
 _GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
@@ -159,6 +166,7 @@ def score_key(facts: ModelFacts, compute: str, *, extra: dict[str, Any] | None =
     config = {k: v for k, v in facts.config.items() if k not in ("threshold", "aidetect_version")}
     description = json.dumps({
         "aidetect": __version__,
+        "scoring": SCORING_REVISION,
         "libraries": _library_versions(),
         "weights_sha256": facts.sha256,
         "config": config,

@@ -10,6 +10,9 @@ named with its CPU model and the features that decide `auto` (AMX-BF16, AVX512-B
 The detector has random weights (speed does not depend on them); the images are JPEGs of smooth
 noise with some texture, so they compress like photos (scan_common.make_images).
 
+OpenMP's threads spin briefly before they sleep, as `aidetect scan` sets it (`aidetect.openmp`);
+`--default-openmp` keeps OpenMP's default spin, to measure what that choice is worth.
+
     python benchmarks/scan_precision.py --precisions fp32,auto,int8 --images 48 --batch-size 8
     python benchmarks/scan_precision.py --precisions fp32,auto --backbone ViT-L-14-quickgelu \\
         --images 16 --batch-size 4
@@ -18,6 +21,7 @@ noise with some texture, so they compress like photos (scan_common.make_images).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -77,6 +81,14 @@ def precision_gaps(logits, reference) -> dict:
     }
 
 
+def openmp_settings() -> str:
+    """The OpenMP waiting settings in effect, e.g. "GOMP_SPINCOUNT=30000" or "default"."""
+    from aidetect.openmp import USER_SETTINGS
+
+    return ", ".join(f"{name}={os.environ[name]}" for name in USER_SETTINGS
+                     if name in os.environ) or "default"
+
+
 def compare_precisions(args) -> None:
     """Scan the same images at each precision on the CPU, in one run, and print the figures."""
     import torch
@@ -108,7 +120,8 @@ def compare_precisions(args) -> None:
           f"{physical_cores()} physical cores, torch {torch.__version__}")
     print(f"model: {args.backbone} (random weights), {args.images} JPEGs {args.size}, "
           f"batch {args.batch_size}, {workers} decoding worker(s), "
-          f"{torch.get_num_threads()} model thread(s)")
+          f"{torch.get_num_threads()} model thread(s), "
+          f"OpenMP: {openmp_settings()}")
     reference = runs.get("fp32")
     print(f"{'precision':<16} {'images/s':>9} {'x fp32':>7} {'score gap':>10} "
           f"{'logit gap':>10} {'trained: logit gap':>19} {'score at 0.5':>13}")
@@ -142,7 +155,15 @@ def main() -> None:
     parser.add_argument("--size", default="1024x768", help="the images' WIDTHxHEIGHT")
     parser.add_argument("--precisions", default="fp32,auto,int8",
                         help="comma-separated precisions to compare, e.g. fp32,auto,int8")
-    compare_precisions(parser.parse_args())
+    parser.add_argument("--default-openmp", action="store_true",
+                        help="leave OpenMP's default spin (aidetect scan shortens it; see "
+                        "aidetect/openmp.py)")
+    args = parser.parse_args()
+    if not args.default_openmp:
+        from aidetect.openmp import shorten_spin
+
+        shorten_spin()  # as `aidetect scan` does, before torch is imported
+    compare_precisions(args)
 
 
 if __name__ == "__main__":

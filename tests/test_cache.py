@@ -263,6 +263,14 @@ def test_every_key_part_changes_the_key_but_the_threshold() -> None:
     assert score_key(facts(), "cpu/bf16", extra={"jpeg_quality": 75}).key != base
 
 
+def test_a_new_scoring_revision_changes_the_key(monkeypatch) -> None:
+    import aidetect.score_key as score_key_module
+
+    base = score_key(facts(), "cpu/bf16").key
+    monkeypatch.setattr(score_key_module, "SCORING_REVISION", score_key_module.SCORING_REVISION + 1)
+    assert score_key(facts(), "cpu/bf16").key != base
+
+
 def test_compute_kind_without_torch_on_cpu(monkeypatch) -> None:
     import aidetect.score_key as score_key_module
 

@@ -153,3 +153,27 @@ def test_scores_across_batch_sizes(make_detector, image_folder, precision, bound
             for b in (1, 2, 3)]
     for run in runs[1:]:
         assert run == pytest.approx(runs[0], abs=bound)
+
+
+def test_cpu_group_size_per_precision_and_width(make_detector) -> None:
+    """Groups of 8 only where they pay: a bf16 tower up to ViT-B's width."""
+    from types import SimpleNamespace
+
+    from aidetect.precision import (
+        BF16_NARROW_WIDTH,
+        CPU_GROUP,
+        CPU_GROUP_BF16_NARROW,
+        cpu_group_size,
+    )
+
+    assert (CPU_GROUP, CPU_GROUP_BF16_NARROW) == (4, 8)
+    assert cpu_group_size(make_detector()) == CPU_GROUP  # fp32
+    assert cpu_group_size(prepare_for_inference(make_detector(), "bf16")) == CPU_GROUP_BF16_NARROW
+    assert cpu_group_size(prepare_for_inference(make_detector(), "int8")) == CPU_GROUP
+
+    def tower(width: int):
+        return SimpleNamespace(visual=SimpleNamespace(transformer=SimpleNamespace(width=width)),
+                               tower_dtype=torch.bfloat16)
+
+    assert cpu_group_size(tower(BF16_NARROW_WIDTH)) == CPU_GROUP_BF16_NARROW  # ViT-B-16
+    assert cpu_group_size(tower(1024)) == CPU_GROUP  # ViT-L-14

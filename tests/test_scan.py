@@ -149,7 +149,7 @@ def test_bad_settings_are_usage_errors(make_detector):
 
 def test_the_cpu_model_sees_one_shape_whatever_the_batch_size(make_detector, mixed_folder):
     """oneDNN picks bf16 kernels by shape: one shape keeps scores identical across batches."""
-    from aidetect.precision import CPU_MICRO_BATCH, _micro_batches
+    from aidetect.precision import CPU_GROUP_BF16_NARROW, _micro_batches
 
     images = torch.arange(10, dtype=torch.float32).view(10, 1, 1, 1)
     groups = list(_micro_batches(images, 4))
@@ -167,9 +167,9 @@ def test_the_cpu_model_sees_one_shape_whatever_the_batch_size(make_detector, mix
     scanner.detector.forward = recording
     candidates = find_images([mixed_folder])
     logits = {}
-    for batch_size in (1, 3, 32):
+    for batch_size in (1, 3, 9, 32):
         for result in scanner.scan(candidates, workers=0, batch_size=batch_size):
             if result.ok:
                 logits.setdefault(result.path, set()).add(result.logit)
-    assert set(shapes) == {CPU_MICRO_BATCH}
+    assert set(shapes) == {CPU_GROUP_BF16_NARROW}  # a narrow bf16 tower: groups of 8
     assert logits and all(len(values) == 1 for values in logits.values())  # bit-identical

@@ -129,6 +129,10 @@ def eval_command(
     import json
     import sys
 
+    from aidetect.openmp import shorten_spin
+
+    shorten_spin()  # before torch loads OpenMP: the decoders share the model's cores
+
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 

@@ -140,6 +140,9 @@ def scan_command(
     detector's threshold.
     """
     from aidetect.errors import UsageError
+    from aidetect.openmp import shorten_spin
+
+    shorten_spin()  # before torch loads OpenMP: the decoders share the model's cores
 
     if not paths:
         raise UsageError("no paths given: aidetect scan PATH... (or - to read paths from stdin)")
