@@ -3,13 +3,13 @@
 Every variant runs the same model (random weights), the same LoRA, batch, loss
 (`aidetect.surgery.dgs_loss`) and optimiser (Adam over LoRA + image head + text head):
 
-- aidetect (at `--precision auto`: bf16 autocast on CUDA from Ampere on, fp32 on CPU), aidetect
-  fp32 and aidetect with `--checkpointing`: one image tower. The teacher is the student's
-  encoder with LoRA switched off (`aidetect.model.Teacher`), its pass first, under
-  inference_mode; caption features are computed once per distinct caption before training, by
-  the text tower alone, which is then released (`aidetect.steps.precompute_captions`, before
-  the image tower is built, as `aidetect train` does). The step is `aidetect.steps.stage2_loss`
-  with the trainer's precision and loss scaler.
+- aidetect (at `--precision auto`: bf16 autocast on CUDA from Ampere on and on CPUs with bf16
+  units, fp32 on other CPUs), aidetect fp32 and aidetect with `--checkpointing`: one image
+  tower. The teacher is the student's encoder with LoRA switched off (`aidetect.model.Teacher`),
+  its pass first, under inference_mode; caption features are computed once per distinct caption
+  before training, by the text tower alone, which is then released
+  (`aidetect.steps.precompute_captions`, before the image tower is built, as `aidetect train`
+  does). The step is `aidetect.steps.stage2_loss` with the trainer's precision and loss scaler.
 - baseline, as the published code does it: the student is a whole CLIP (image + text tower)
   with LoRA, the teacher a second whole frozen CLIP, and the captions are tokenised and encoded
   by the text tower at every step.

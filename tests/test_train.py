@@ -369,3 +369,17 @@ def test_decoding_workers_scale_with_the_cores_on_a_gpu(monkeypatch):
     # On the CPU the model and decoding share the cores: the scan's CPU default.
     cpu = torch.device("cpu")
     assert devices.train_workers(cpu) == devices.default_workers(cpu)
+
+
+def test_auto_trains_in_bf16_where_the_cpu_multiplies_it() -> None:
+    """`auto` on the CPU follows the scan's choice: bf16 with bf16 units, fp32 without."""
+    from aidetect.precision import CpuFeatures
+    from aidetect.steps import choose_precision
+
+    cpu = torch.device("cpu")
+    amx = choose_precision(cpu, "auto", cpu=CpuFeatures(amx_bf16=True))
+    assert (amx.name, amx.dtype, amx.scales_loss) == ("bf16", torch.bfloat16, False)
+    assert choose_precision(cpu, "auto", cpu=CpuFeatures(avx512_vnni=True)).name == "fp32"
+    assert choose_precision(cpu, "fp32", cpu=CpuFeatures(amx_bf16=True)).dtype is None
+    assert choose_precision(torch.device("mps"), "auto", cpu=CpuFeatures(arm_bf16=True)).name \
+        == "fp32"

@@ -110,8 +110,9 @@ class TrainPrecision(str, Enum):
 
 TrainPrecisionOption = Annotated[
     TrainPrecision,
-    typer.Option("--precision", help="auto: bf16 autocast on CUDA from Ampere on, fp16 with loss "
-                 "scaling before, fp32 on CPU. LoRA, heads, optimiser and loss stay fp32."),
+    typer.Option("--precision", help="auto: bf16 autocast on CUDA from Ampere on and on CPUs with "
+                 "bf16 units, fp16 with loss scaling on older GPUs, fp32 elsewhere. LoRA, "
+                 "heads, optimiser and loss stay fp32."),
 ]
 CheckpointingOption = Annotated[
     bool, typer.Option("--checkpointing", help="Recompute the image tower's activations in "
