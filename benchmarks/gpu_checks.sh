@@ -46,7 +46,7 @@ if [ -n "${GPU_CHECKS_DRY_RUN:-}" ]; then
 else
     scan=(--device cuda --backbone ViT-L-14-quickgelu --images 2048 --batch-size 64)
     train_step=(--device cuda --steps 3 --decode)
-    train_resume=(--device cuda)
+    train_resume=(--device cuda --epochs 2)
     compile_images=1024
     limit=240
 fi
