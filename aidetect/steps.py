@@ -2,10 +2,9 @@
 
 Mixed precision (`--precision`). The frozen tower and LoRA run under autocast (bf16 on GPUs
 from Ampere on and on CPUs with bf16 units, fp16 with loss scaling on older GPUs; fp32 on other
-CPUs unless asked), while what needs fp32
-stays fp32: the trainable parameters (LoRA factors, heads) and so the optimiser state, the
-heads, the BCEs and DGS-Net's gradient surgery (`aidetect.surgery` runs with autocast off on
-fp32 copies of the features).
+CPUs unless asked), while what needs fp32 stays fp32: the trainable parameters (LoRA factors,
+heads) and so the optimiser state, the heads, the BCEs and DGS-Net's gradient surgery
+(`aidetect.surgery` runs with autocast off on fp32 copies of the features).
 
 Memory. The teacher's pass runs first, under `inference_mode`: nothing of it is kept but its
 (B, D) features, and its temporaries are gone before the student's activations are held for
