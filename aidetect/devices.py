@@ -9,17 +9,13 @@ gets the cores the default decoders leave, so the two never ask for more than th
 from __future__ import annotations
 
 import os
-import platform
-from functools import lru_cache
-from pathlib import Path
 
 import torch
 
+from aidetect import cpu
 from aidetect.errors import UsageError
-from aidetect.precision import sysctl  # torch-free there: the score cache reads CPU facts
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
-SYSFS_CPU = Path("/sys/devices/system/cpu")  # Linux's CPU topology
 
 
 def mps_available() -> bool:
@@ -60,37 +56,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def _allowed_cpus() -> list[int]:
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
-
-
-@lru_cache(maxsize=1)
-def physical_cores() -> int:
-    """The physical cores this process may run on, each hyper-threaded pair counted once.
-
-    Linux: the CPUs of the affinity mask grouped by their thread siblings (sysfs); macOS:
-    `sysctl hw.physicalcpu`; elsewhere the logical count.
-    """
-    allowed = _allowed_cpus()
-    topology = SYSFS_CPU
-    if topology.is_dir():
-        cores = set()
-        for cpu in allowed:
-            try:
-                siblings = (topology / f"cpu{cpu}/topology/thread_siblings_list").read_text()
-            except OSError:
-                return len(allowed)
-            cores.add(siblings.strip())
-        return max(1, len(cores))
-    if platform.system() == "Darwin":
-        count = sysctl("hw.physicalcpu")
-        if count.isdigit():
-            return max(1, int(count))
-    return max(1, len(allowed))
-
-
 def default_workers(device: torch.device | None = None) -> int:
     """Decoding processes by default.
 
@@ -100,16 +65,16 @@ def default_workers(device: torch.device | None = None) -> int:
     ~50 ms of one core; ViT-B-16 in bf16 ~90 core-ms an image, ViT-L-14 ~400 (fp32: ~4x).
     """
     if device is not None and device.type == "cpu":
-        cores = physical_cores()
+        cores = cpu.physical_cores()
         return 0 if cores == 1 else max(1, cores // 4)
-    return max(1, min(4, len(_allowed_cpus()) // 2))
+    return max(1, min(4, len(cpu.allowed_cpus()) // 2))
 
 
 def default_device_workers() -> int:
     """Decoding processes when the device decodes JPEGs and preprocesses: the workers only read
     files and headers (and decode the other formats), so they take every core but the main
     process's, up to 16."""
-    return max(1, min(16, len(_allowed_cpus()) - 1))
+    return max(1, min(16, len(cpu.allowed_cpus()) - 1))
 
 
 def train_workers(device: torch.device) -> int:
@@ -119,7 +84,7 @@ def train_workers(device: torch.device) -> int:
     if device.type != "cuda":
         return default_workers(device)
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(16, len(_allowed_cpus()) // max(1, ranks_here) - 1))
+    return max(1, min(16, len(cpu.allowed_cpus()) // max(1, ranks_here) - 1))
 
 
 def default_threads() -> int:
@@ -132,7 +97,7 @@ def default_threads() -> int:
     from other jobs, 1 + 1 was 2.3x faster). The count does not depend on `--workers`, so
     neither do the scores (bf16 kernels vary with the thread count).
     """
-    cores = physical_cores()
+    cores = cpu.physical_cores()
     if cores <= 2:
         return cores
     return cores - default_workers(torch.device("cpu"))

@@ -17,13 +17,10 @@ back to fp32, and the head and the sigmoid run in fp32, so the score's last step
 
 from __future__ import annotations
 
-import platform
-import subprocess
 import warnings
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from aidetect.cpu import CpuFeatures, cpu_features
 from aidetect.errors import UsageError
 
 if TYPE_CHECKING:
@@ -34,62 +31,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 CPU_GROUP = 4
 CPU_GROUP_BF16_NARROW = 8  # bf16 towers up to BF16_NARROW_WIDTH wide (ViT-B)
 BF16_NARROW_WIDTH = 768
-
-
-@dataclass(frozen=True)
-class CpuFeatures:
-    """The matrix units of this CPU that decide its precision (flags as Linux names them)."""
-
-    amx_bf16: bool = False
-    avx512_bf16: bool = False
-    arm_bf16: bool = False  # Armv8.6 BF16 (Apple M2 and later, Graviton 3 and later)
-    amx_int8: bool = False
-    avx512_vnni: bool = False
-
-    @property
-    def bf16(self) -> bool:
-        """Whether bf16 matrix products run natively (not emulated through fp32)."""
-        return self.amx_bf16 or self.avx512_bf16 or self.arm_bf16
-
-    def describe(self) -> str:
-        """The bf16 units by name, e.g. "AMX-BF16, AVX512-BF16", or "no bf16 units"."""
-        names = [name for name, present in (("AMX-BF16", self.amx_bf16),
-                                            ("AVX512-BF16", self.avx512_bf16),
-                                            ("Arm BF16", self.arm_bf16)) if present]
-        return ", ".join(names) or "no bf16 units"
-
-
-@lru_cache(maxsize=1)
-def cpu_features() -> CpuFeatures:
-    """This CPU's features: /proc/cpuinfo on Linux, sysctl on macOS; none known elsewhere."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):  # x86, Arm
-                    flags.update(value.split())
-                    break
-    except OSError:
-        pass
-    if platform.system() == "Darwin" and sysctl("hw.optional.arm.FEAT_BF16") == "1":
-        flags.add("bf16")
-    return CpuFeatures(
-        amx_bf16="amx_bf16" in flags,
-        avx512_bf16="avx512_bf16" in flags,
-        arm_bf16=platform.machine().lower() in ("arm64", "aarch64") and "bf16" in flags,
-        amx_int8="amx_int8" in flags,
-        avx512_vnni="avx512_vnni" in flags,
-    )
-
-
-def sysctl(name: str) -> str:
-    """A macOS sysctl value, or "" where there is none."""
-    try:
-        run = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return run.stdout.strip()
 
 
 def choose_precision(device: torch.device | str, requested: str = "auto", *,

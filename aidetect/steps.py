@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aidetect.cpu import CpuFeatures, cpu_features
 from aidetect.errors import UsageError
-from aidetect.precision import CpuFeatures, cpu_features
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

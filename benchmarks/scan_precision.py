@@ -93,8 +93,8 @@ def compare_precisions(args) -> None:
     """Scan the same images at each precision on the CPU, in one run, and print the figures."""
     import torch
 
-    from aidetect.devices import default_workers, physical_cores
-    from aidetect.precision import cpu_features
+    from aidetect.cpu import cpu_features, physical_cores
+    from aidetect.devices import default_workers
 
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     width, height = parse_size(args.size)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aidetect import devices
+import aidetect.cpu
 from aidetect.devices import default_threads, default_workers, resolve_device
 from aidetect.errors import UsageError
 
@@ -68,17 +68,17 @@ def cores(monkeypatch, tmp_path):
             folder = tmp_path / f"cpu{cpu}" / "topology"
             folder.mkdir(parents=True)
             (folder / "thread_siblings_list").write_text(siblings + "\n")
-        monkeypatch.setattr(devices, "SYSFS_CPU", tmp_path)
-        monkeypatch.setattr(devices, "_allowed_cpus", lambda: sorted(layout))
-        devices.physical_cores.cache_clear()
+        monkeypatch.setattr(aidetect.cpu, "SYSFS_CPU", tmp_path)
+        monkeypatch.setattr(aidetect.cpu, "allowed_cpus", lambda: sorted(layout))
+        aidetect.cpu.physical_cores.cache_clear()
 
     yield fake
-    devices.physical_cores.cache_clear()
+    aidetect.cpu.physical_cores.cache_clear()
 
 
 def test_physical_cores_count_hyperthreads_once(cores) -> None:
     cores({0: 0, 1: 0, 2: 1, 3: 1, 4: 2, 5: 2, 6: 3, 7: 3})
-    assert devices.physical_cores() == 4
+    assert aidetect.cpu.physical_cores() == 4
 
 
 @pytest.mark.parametrize(("layout", "workers", "threads"), [
@@ -95,7 +95,7 @@ def test_cpu_split_oversubscribes_no_more_than_two_cores(cores, layout, workers,
     cores(layout)
     assert default_workers(CPU) == workers
     assert default_threads() == threads
-    physical = devices.physical_cores()
+    physical = aidetect.cpu.physical_cores()
     assert threads <= physical
     assert workers + threads == physical or physical <= 2
 

@@ -30,6 +30,15 @@ def test_a_short_spin_unless_the_user_chose_or_torch_is_loaded() -> None:
     assert probe("import torch; ") == "False None"  # too late: OpenMP has read its settings
 
 
+def test_only_where_decoders_share_the_cores() -> None:
+    """From 3 physical cores on, decoders and model threads have their own: default spin."""
+    fake = "import aidetect.cpu as c; c.physical_cores = lambda: {}; "
+    assert probe(fake.format(2)) == f"True {aidetect.openmp.SPIN_COUNT}"
+    assert probe(fake.format(1)) == f"True {aidetect.openmp.SPIN_COUNT}"
+    assert probe(fake.format(3)) == "False None"
+    assert probe(fake.format(8)) == "False None"
+
+
 @pytest.mark.parametrize("command", ["scan", "eval"])
 def test_scan_and_eval_ask_for_it(command, monkeypatch, capsys, tmp_path) -> None:
     calls = []

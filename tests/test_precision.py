@@ -78,27 +78,6 @@ def test_auto_never_picks_what_the_cpu_lacks(cpu) -> None:
     assert chosen == "fp32" or cpu.bf16
 
 
-def test_cpu_features_read_from_the_flags(monkeypatch, tmp_path) -> None:
-    from aidetect import precision
-
-    flags = "fpu sse avx512f avx512_bf16 amx_tile amx_bf16 amx_int8 avx512_vnni"
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
-    real_open = open
-    monkeypatch.setattr(precision, "open", lambda path, *a, **k: real_open(
-        cpuinfo if path == "/proc/cpuinfo" else path, *a, **k), raising=False)
-    monkeypatch.setattr(precision.platform, "system", lambda: "Linux")
-    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
-    precision.cpu_features.cache_clear()
-    try:
-        found = precision.cpu_features()
-    finally:
-        precision.cpu_features.cache_clear()
-    assert found == CpuFeatures(amx_bf16=True, avx512_bf16=True, amx_int8=True,
-                                avx512_vnni=True)
-    assert found.describe() == "AMX-BF16, AVX512-BF16"
-
-
 def test_fp16_the_apple_gpu_precision_stays_near_fp32(make_detector) -> None:
     """MPS scores in fp16 (no Apple GPU here): the same conversion, run on the CPU."""
     torch.manual_seed(0)
