@@ -198,3 +198,55 @@ def test_under_bf16_autocast_lora_runs_in_bf16_and_its_gradients_are_fp32(make_d
     for grad, ref in zip(grads, ref_grads, strict=True):
         scale = ref.abs().max()
         assert (grad - ref).abs().max() <= 5e-2 * scale  # bf16 keeps 8 bits of mantissa
+
+
+def _frozen_pair(autocast: bool):
+    """frozen_linear and F.linear on the same frozen layer: (outputs, input gradients, what
+    frozen_linear saved for backward)."""
+    from aidetect.lora import frozen_linear
+
+    generator = torch.Generator().manual_seed(5)
+    weight = nn.Parameter(torch.randn(12, 8, generator=generator), requires_grad=False)
+    bias = nn.Parameter(torch.randn(12, generator=generator), requires_grad=False)
+    inputs = torch.randn(3, 4, 8, generator=generator)
+    outs, grads, saved = [], [], {frozen_linear: [], F.linear: []}
+    for linear in (frozen_linear, F.linear):
+        x = inputs.clone().requires_grad_(True)
+        kept = saved[linear]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), \
+                torch.autograd.graph.saved_tensors_hooks(lambda t, k=kept: k.append(t) or t,
+                                                         lambda t: t):
+            out = linear(x, weight, bias)
+        (grad,) = torch.autograd.grad((out.float() ** 2).sum(), [x])
+        outs.append(out)
+        grads.append(grad)
+    return outs, grads, saved[frozen_linear], weight
+
+
+def test_frozen_linear_is_f_linear_in_fp32_and_under_autocast():
+    for autocast in (False, True):
+        (out, ref_out), (grad, ref_grad), _, _ = _frozen_pair(autocast)
+        assert out.dtype == ref_out.dtype and grad.dtype == ref_grad.dtype == torch.float32
+        assert torch.equal(out, ref_out)
+        torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+
+
+def test_frozen_linear_keeps_no_low_precision_copy_of_its_weight():
+    """Under autocast F.linear keeps a bf16 copy of the weight until backward; this keeps the
+    fp32 parameter itself."""
+    _, _, kept, weight = _frozen_pair(autocast=True)
+    assert [t.dtype for t in kept] == [torch.float32]
+    assert kept[0].data_ptr() == weight.data_ptr()
+
+
+def test_add_lora_makes_the_mlp_frozen_and_merge_makes_it_plain(make_detector):
+    from aidetect.lora import FrozenLinear, add_lora, merge_lora
+
+    detector = make_detector()
+    keys = set(detector.state_dict())
+    block = detector.visual.transformer.resblocks[0]
+    add_lora(detector.visual, LoraConfig(rank=2))
+    assert {type(m) for m in block.mlp if isinstance(m, nn.Linear)} == {FrozenLinear}
+    merge_lora(detector.visual)
+    assert {type(m) for m in block.mlp if isinstance(m, nn.Linear)} == {nn.Linear}
+    assert set(detector.state_dict()) == keys  # the same parameters under the same names
