@@ -8,7 +8,9 @@ heads) and so the optimiser state, the heads, the BCEs and DGS-Net's gradient su
 
 Memory. The teacher's pass runs first, under `inference_mode`: nothing of it is kept but its
 (B, D) features, and its temporaries are gone before the student's activations are held for
-backward. `--checkpointing` keeps only each block's input and recomputes the rest in backward.
+backward. Under autocast the frozen layers keep no low-precision copy of their weights for
+backward (`aidetect.lora.frozen_linear`). `--checkpointing` keeps only each block's input and
+recomputes the rest in backward.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def choose_precision(device: torch.device, precision: str = "auto", *,
     auto: bf16 on CUDA GPUs of compute capability 8 (Ampere) and later, fp16 with a loss scaler
     on older ones (their bf16 is emulated, and slow); on the CPU bf16 where it multiplies bf16
     natively (as `scan` decides, `aidetect.precision.cpu_features`; `cpu` fakes them in tests):
-    a ViT-B-16 stage-2 step ran 2.1x faster than fp32 there, in 0.82x the memory; fp32 on other
+    a ViT-B-16 stage-2 step ran 2.1x faster than fp32 there, in 0.7x the memory; fp32 on other
     CPUs and on Apple GPUs. Forced bf16 or fp16 on a CPU without those units works, slowly.
     """
     name = precision.strip().lower()
