@@ -31,9 +31,16 @@ if [ -z "${GPU_CHECKS_DRY_RUN:-}" ] && compgen -G "$repo/.whl/*.whl" >/dev/null;
     "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$site" "$repo"/.whl/*.whl || exit 100
 fi
-"$python" -m pip install -q --no-deps --no-build-isolation --no-compile --target "$site" \
-    "$repo" || exit 100
-export PYTHONPATH=$site PYTHONUNBUFFERED=1
+if "$python" -m pip install -q --no-deps --no-build-isolation --no-compile --target "$site" \
+        "$repo"; then
+    export PYTHONPATH=$site
+else
+    # No build backend there (setuptools >= 69): run the checkout's package, which finds its
+    # weights/ beside it (aidetect.presets), rather than lose the machine's minutes.
+    echo "== installing aidetect failed: running it from the checkout"
+    export PYTHONPATH=$site:$repo
+fi
+export PYTHONUNBUFFERED=1
 cd "$site" || exit 100  # outside the checkout: the installed package and its weights/
 
 if [ -n "${GPU_CHECKS_DRY_RUN:-}" ]; then
