@@ -35,6 +35,7 @@ from aidetect.gpu_decode import decode_jpegs
 from aidetect.precision import (
     choose_precision,
     cpu_features,
+    cpu_group_size,
     forward_on_cpu,
     prepare_for_inference,
 )
@@ -118,6 +119,11 @@ class Scanner:
         self.timings = ScanTimings()
         if not candidates:
             return
+        if self.device.type == "cpu" and not device_decode:
+            # The CPU model runs fixed groups whatever the batch size (`cpu_group_size`):
+            # handed one group at a time, it starts after a group's decoding, not a batch's,
+            # and results (and the progress bar) come a group at a time. Scores do not change.
+            batch_size = cpu_group_size(self.detector)
         dataset = FileDataset(candidates, self.detector.preprocess_config,
                                max_pixels=max_pixels, thumbnails=thumbnails,
                                pipeline="device" if device_decode else "cpu",

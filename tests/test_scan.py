@@ -173,3 +173,21 @@ def test_the_cpu_model_sees_one_shape_whatever_the_batch_size(make_detector, mix
                 logits.setdefault(result.path, set()).add(result.logit)
     assert set(shapes) == {CPU_GROUP_BF16_NARROW}  # a narrow bf16 tower: groups of 8
     assert logits and all(len(values) == 1 for values in logits.values())  # bit-identical
+
+
+def test_the_cpu_scan_hands_the_model_one_group_at_a_time(make_detector, mixed_folder,
+                                                          monkeypatch):
+    """Whatever --batch-size, the CPU loader's batches are the model's groups: the model starts
+    after one group's decoding and results come a group at a time."""
+    import aidetect.scan
+    from aidetect.precision import CPU_GROUP, CPU_GROUP_BF16_NARROW
+
+    asked = []
+    real_order = aidetect.scan.batch_order
+    monkeypatch.setattr(aidetect.scan, "batch_order",
+                        lambda count, size: asked.append(size) or real_order(count, size))
+    candidates = find_images([mixed_folder])
+    for precision, group in (("fp32", CPU_GROUP), ("bf16", CPU_GROUP_BF16_NARROW)):
+        scanner = Scanner(make_detector(), device=CPU, threshold=0.5, precision=precision)
+        assert len(list(scanner.scan(candidates, workers=0, batch_size=32))) == len(candidates)
+        assert asked.pop() == group
