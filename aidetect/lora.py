@@ -22,6 +22,12 @@ from aidetect.config import LoraConfig
 _QKV = ("q", "k", "v")
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast would compute a linear layer in on `x`'s device (else `x`'s own)."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def _dropout_scale(p: float) -> float:
     return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)  # as `native_dropout`: p = 1 drops everything
 
@@ -41,8 +47,7 @@ class _LoRAUpdate(torch.autograd.Function):
     def forward(ctx, x, p: float, scaling: float, *factors):  # factors: A_q, B_q, A_k, ...
         # Under autocast, compute (and keep x) in autocast's dtype, as its F.linear would; the
         # gradients go back in the dtypes of x and of the (fp32) factors.
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        device, dtype = x.device.type, _compute_dtype(x)
         ctx.dtypes = (x.dtype, factors[0].dtype)
         x, factors = x.to(dtype), [f.to(dtype) for f in factors]
         masks, hidden, parts = [], [], []
@@ -98,8 +103,7 @@ class _FrozenLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        device, dtype = x.device.type, _compute_dtype(x)
         ctx.dtypes = (x.dtype, dtype)
         ctx.save_for_backward(weight)
         with torch.autocast(device, enabled=False):

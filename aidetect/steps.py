@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aidetect.cpu import CpuFeatures, cpu_features
+from aidetect.cpu import CpuFeatures
 from aidetect.errors import UsageError
+from aidetect.precision import choose_precision as scan_precision
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -64,23 +65,18 @@ def choose_precision(device: torch.device, precision: str = "auto", *,
                      cpu: CpuFeatures | None = None) -> Precision:
     """`--precision` -> a `Precision`.
 
-    auto: bf16 on CUDA GPUs of compute capability 8 (Ampere) and later, fp16 with a loss scaler
-    on older ones (their bf16 is emulated, and slow); on the CPU bf16 where it multiplies bf16
-    natively (as `scan` decides, `aidetect.precision.cpu_features`; `cpu` fakes them in tests):
-    a ViT-B-16 stage-2 step ran 2.1x faster than fp32 there, in 0.7x the memory; fp32 on other
-    CPUs and on Apple GPUs. Forced bf16 or fp16 on a CPU without those units works, slowly.
+    auto: what `scan` picks on the device (`aidetect.precision.choose_precision`; `cpu` fakes
+    the CPU's units in tests): bf16 on CUDA GPUs of compute capability 8 (Ampere) and later,
+    fp16 with a loss scaler on older ones (their bf16 is emulated, and slow), bf16 on CPUs that
+    multiply it natively (a ViT-B-16 stage-2 step ran 2.1x faster than fp32 there, in 0.7x the
+    memory), fp32 on other CPUs; and fp32 on Apple GPUs, where training was never run. Forced
+    bf16 or fp16 on a CPU without those units works, slowly.
     """
     name = precision.strip().lower()
     if name not in PRECISIONS:
         raise UsageError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
     if name == "auto":
-        if device.type == "cuda":
-            major, _ = torch.cuda.get_device_capability(device)
-            name = "bf16" if major >= 8 else "fp16"
-        elif device.type == "cpu" and (cpu or cpu_features()).bf16:
-            name = "bf16"
-        else:
-            name = "fp32"
+        name = "fp32" if device.type == "mps" else scan_precision(device, "auto", cpu=cpu)
     return Precision(name=name, dtype=_DTYPES[name], device_type=device.type)
 
 
