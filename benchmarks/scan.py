@@ -32,7 +32,6 @@ precision comparison (benchmarks/scan_precision.py).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from scan_common import (
     make_images,
     parse_size,
     save_detector,
+    scan_arguments,
     scan_subprocess,
     steady_rate,
 )
@@ -182,13 +182,8 @@ def run_one(method: str, args, device, folder: Path, paths: list[Path], tmp: Pat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="ViT-B-16")
+    parser = scan_arguments(__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=None, help="default: the scan's own")
-    parser.add_argument("--size", default="1024x768", help="the images' WIDTHxHEIGHT")
     parser.add_argument("--preprocess", default="patches,center_crop",
                         help="comma-separated: patches, center_crop")
     parser.add_argument("--compare", type=int, default=16,

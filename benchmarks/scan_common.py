@@ -6,6 +6,7 @@ Imported by benchmarks/scan.py, scan_provenance.py, scan_precision.py and scan_c
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -23,6 +24,18 @@ XMP_PACKET = (
     b'"http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture"/></rdf:RDF></x:xmpmeta>'
     b'<?xpacket end="w"?>'
 )
+
+
+def scan_arguments(description: str) -> argparse.ArgumentParser:
+    """A parser with the options every scan benchmark takes: the detector's backbone, how many
+    images of what size, and the scan's --batch-size and --workers."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--backbone", default="ViT-B-16")
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--size", default="1024x768", help="the images' WIDTHxHEIGHT")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=None, help="default: the scan's own")
+    return parser
 
 
 def make_images(folder: Path, count: int, width: int, height: int) -> None:

@@ -24,14 +24,13 @@ OpenMP's threads spin briefly before they sleep, as `aidetect scan` sets it (`ai
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import tempfile
 import time
 from pathlib import Path
 
-from scan_common import cpu_name, make_images, parse_size, save_detector
+from scan_common import cpu_name, make_images, parse_size, save_detector, scan_arguments
 
 TRAINED_LOGIT = 10.0  # |logit| a trained detector reaches on confident images (score 0.99995)
 
@@ -160,13 +159,8 @@ def compare_precisions(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="ViT-B-16")
-    parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=None, help="default: the scan's own")
+    parser = scan_arguments(__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="default: the scan's own")
-    parser.add_argument("--size", default="1024x768", help="the images' WIDTHxHEIGHT")
     parser.add_argument("--precisions", default="fp32,auto,int8",
                         help="comma-separated precisions to compare, e.g. fp32,auto,int8")
     parser.add_argument("--repeats", type=int, default=1,

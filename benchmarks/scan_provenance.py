@@ -18,12 +18,18 @@ smooth noise with EXIF and an XMP packet as a camera or an editor writes them
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
-from scan_common import machine, make_images, parse_size, save_detector, scan_subprocess
+from scan_common import (
+    machine,
+    make_images,
+    parse_size,
+    save_detector,
+    scan_arguments,
+    scan_subprocess,
+)
 
 
 def provenance_ms(paths: list[Path]) -> float:
@@ -58,13 +64,8 @@ def provenance_cost(args, folder: Path, weights: Path, paths: list[Path]) -> Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="ViT-B-16")
+    parser = scan_arguments(__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=None, help="default: the scan's own")
-    parser.add_argument("--size", default="1024x768", help="the images' WIDTHxHEIGHT")
     parser.add_argument("--preprocess", default="patches", choices=("patches", "center_crop"))
     args = parser.parse_args()
 
