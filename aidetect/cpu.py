@@ -14,6 +14,9 @@ from functools import lru_cache
 from pathlib import Path
 
 SYSFS_CPU = Path("/sys/devices/system/cpu")  # Linux's CPU topology
+# Up to this many physical cores the model takes them all and a decoding process shares them
+# (`aidetect.devices.default_threads`); from one more on, each has cores of its own.
+SHARED_CORES = 2
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,6 @@ def default_threads() -> int:
     neither do the scores (bf16 kernels vary with the thread count).
     """
     cores = cpu.physical_cores()
-    if cores <= 2:
+    if cores <= cpu.SHARED_CORES:
         return cores
     return cores - default_workers(torch.device("cpu"))

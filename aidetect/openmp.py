@@ -32,19 +32,18 @@ import os
 import sys
 
 SPIN_COUNT = "30000"
-SHARED_CORES = 2  # up to this many physical cores, decoders share the model's
 USER_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def shorten_spin() -> bool:
     """Set GOMP_SPINCOUNT for this process and its children where decoders share the model's
-    cores (at most SHARED_CORES physical cores), unless the user set it or OMP_WAIT_POLICY, or
+    cores (`aidetect.cpu.SHARED_CORES`), unless the user set it or OMP_WAIT_POLICY, or
     torch is already loaded (too late to matter). Whether it was set."""
     from aidetect import cpu
 
     if any(name in os.environ for name in USER_SETTINGS) or "torch" in sys.modules:
         return False
-    if cpu.physical_cores() > SHARED_CORES:
+    if cpu.physical_cores() > cpu.SHARED_CORES:
         return False
     os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
     return True
