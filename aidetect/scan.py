@@ -28,13 +28,13 @@ from dataclasses import dataclass
 
 import torch
 
+from aidetect.cpu import cpu_features
 from aidetect.data import DEFAULT_MAX_PIXELS, Candidate
 from aidetect.devices import default_device_workers, default_threads, default_workers
 from aidetect.errors import UsageError
 from aidetect.gpu_decode import decode_jpegs
 from aidetect.precision import (
     choose_precision,
-    cpu_features,
     cpu_group_size,
     forward_on_cpu,
     prepare_for_inference,

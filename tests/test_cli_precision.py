@@ -13,7 +13,7 @@ from conftest import random_image, write_labelled_folder
 import aidetect.precision
 import aidetect.scan
 from aidetect.cli.app import main
-from aidetect.precision import CpuFeatures
+from aidetect.cpu import CpuFeatures
 
 NO_MPS = ("aidetect: error: --device mps: no Apple GPU (MPS) is available here "
           "(use --device cpu or auto)\n")

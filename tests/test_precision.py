@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aidetect.cpu import CpuFeatures
 from aidetect.errors import UsageError
-from aidetect.precision import CpuFeatures, choose_precision, prepare_for_inference
+from aidetect.precision import choose_precision, prepare_for_inference
 
 CPU = torch.device("cpu")
 AMX = CpuFeatures(amx_bf16=True, amx_int8=True)

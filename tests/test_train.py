@@ -373,7 +373,7 @@ def test_decoding_workers_scale_with_the_cores_on_a_gpu(monkeypatch):
 
 def test_auto_trains_in_bf16_where_the_cpu_multiplies_it() -> None:
     """`auto` on the CPU follows the scan's choice: bf16 with bf16 units, fp32 without."""
-    from aidetect.precision import CpuFeatures
+    from aidetect.cpu import CpuFeatures
     from aidetect.steps import choose_precision
 
     cpu = torch.device("cpu")
