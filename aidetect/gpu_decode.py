@@ -13,12 +13,22 @@ Pixels: torchvision's CPU `decode_jpeg` and Pillow both use libjpeg-turbo and gi
 pixels (measured: 0 levels of difference; the tests bound it at 1). nvJPEG's IDCT and chroma
 upsampling differ from libjpeg-turbo's by a few levels on some pixels; the score difference
 this makes is what `benchmarks/scan.py --device cuda` prints against the CPU fp32 path.
+
+Streams. torchvision allocates the decoded images on the caller's current stream but decodes
+on a private stream that never waits for the caller's, and nvJPEG's hardware engine (A100,
+H100) does not wait for queued work on its own stream either. The caching allocator hands out
+a block as soon as it is freed on its stream, so on the scan's stream a new image could land
+on the activations of a batch the model has queued and not yet read (pytorch/vision#9606:
+wrong numbers, silently). So the decoder runs with a stream of its own current, whose blocks
+only ever hold decoded images, and each image is handed to the scan's stream
+(`record_stream`): its block is not reused until the work queued on it has run.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,19 +93,46 @@ def _thumbnail_image(image: Image.Image, side: int) -> Image.Image:
 
 def decode_jpegs(files: list[JpegFile], device: torch.device) -> list[torch.Tensor | None]:
     """Decode on `device` in one batch: (3, H, W) uint8 per file, orientation applied; None for
-    a file the decoder refuses (the others still decode)."""
+    a file the decoder refuses (the others still decode). On CUDA the images are ready for the
+    current stream's work (see "Streams" above)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if not files:
         return []
-    with warnings.catch_warnings():
+    stream = _decoding_stream(device)
+    with warnings.catch_warnings(), (torch.cuda.stream(stream) if stream else nullcontext()):
         # torchvision 0.29 announces that TorchCodec will take over image decoding.
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             images = decode_jpeg([f.data for f in files], mode=ImageReadMode.RGB, device=device)
         except RuntimeError:
             images = [_decode_one(f, device) for f in files]  # find the file(s) refused
+    if stream is not None:
+        _hand_over(images, stream, torch.cuda.current_stream(device))
     return [_checked(image, f) for image, f in zip(images, files, strict=True)]
+
+
+_DECODING_STREAMS: dict[int, torch.cuda.Stream] = {}  # per CUDA device index
+
+
+def _decoding_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """The stream the decoder's images are allocated on (CUDA only), one per device."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _DECODING_STREAMS:
+        _DECODING_STREAMS[index] = torch.cuda.Stream(device=index)
+    return _DECODING_STREAMS[index]
+
+
+def _hand_over(images: list[torch.Tensor | None], producer: torch.cuda.Stream,
+               consumer: torch.cuda.Stream) -> None:
+    """`consumer`'s next work waits for the decode, and no image's memory goes back to the
+    decoder before the work `consumer` has queued on it has run."""
+    consumer.wait_stream(producer)
+    for image in images:
+        if image is not None:
+            image.record_stream(consumer)
 
 
 def _decode_one(file: JpegFile, device: torch.device) -> torch.Tensor | None:

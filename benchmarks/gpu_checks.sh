@@ -3,7 +3,7 @@
 # machine lent for a few minutes. It installs aidetect (and any wheels in .whl/, for packages
 # the machine lacks: open_clip_torch, ftfy, wcwidth, c2pa-python, defusedxml, ...) into a
 # temporary folder, runs the benchmarks from outside the checkout, and keeps each one's output
-# in $OUT (or ./gpu-checks/): scan.txt, scan_compile.txt, train_step.txt, train_resume.txt.
+# in $OUT (or ./gpu-checks/): gpu_decode_race.txt, scan.txt, scan_compile.txt, train_step.txt, train_resume.txt.
 #
 #   bash benchmarks/gpu_checks.sh                         # a CUDA machine (estimated ~6 min)
 #   GPU_CHECKS_DRY_RUN=1 bash benchmarks/gpu_checks.sh    # the same steps on the CPU, tiny
@@ -48,9 +48,11 @@ if [ -n "${GPU_CHECKS_DRY_RUN:-}" ]; then
     train_step=(--device cpu --backbone ViT-B-32 --steps 1 --decode)
     train_resume=(--device cpu --backbone ViT-B-32 --images 24 --side 224 --batch-size 8
                   --save-every 2)
+    race=(--device cpu --iterations 2)
     compile_images=16
     limit=600
 else
+    race=(--device cuda --iterations 100)
     scan=(--device cuda --backbone ViT-L-14-quickgelu --images 2048 --batch-size 64)
     train_step=(--device cuda --steps 3 --decode)
     train_resume=(--device cuda --epochs 2)
@@ -78,6 +80,7 @@ step() {  # step NAME ARGS...: one benchmark, its output on the terminal and in 
     fi
 }
 
+step gpu_decode_race "$repo/benchmarks/gpu_decode_race.py" "${race[@]}"
 step scan "$repo/benchmarks/scan.py" "${scan[@]}"
 step scan_compile "$repo/benchmarks/scan.py" "${scan[@]}" --preprocess patches --compile \
     --images "${compile_images}"

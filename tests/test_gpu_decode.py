@@ -4,6 +4,7 @@ per-file fallback to the CPU path, and batching that never loses or reorders a r
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torchvision.io
 from conftest import random_image
 from PIL import Image
 
+from aidetect import gpu_decode
 from aidetect.data import THUMBNAIL_SIDE, Candidate, find_images, open_image
 from aidetect.gpu_decode import decode_jpegs, orient, read_jpeg
 from aidetect.preprocess import to_tensor
@@ -221,3 +223,65 @@ def test_a_batch_travels_from_its_worker_as_one_tensor_per_kind(awkward_folder):
         assert (pixels is None) == (item.pixels is None)
         if pixels is not None:
             assert torch.equal(item.pixels, pixels)
+
+
+def test_cuda_decoding_has_its_own_stream_and_hands_each_image_over(tmp_path, monkeypatch):
+    """torchvision allocates the images on the current stream and decodes without waiting for
+    it, so on the scan's stream an image could overwrite memory that queued work still reads:
+    the decode must run with the decoder's own stream current, the scan's stream must wait for
+    it, and every image must be recorded on the scan's stream before anything uses it. (The
+    CUDA calls are stand-ins here; `benchmarks/gpu_decode_race.py` runs the hazard on a GPU.)"""
+    events = []
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            events.append(f"{self.name} waits for {other.name}")
+
+    decoding, scanning = Stream("decoding"), Stream("scan")
+    current = [scanning]
+
+    @contextmanager
+    def make_current(stream):
+        current.append(stream)
+        yield
+        current.pop()
+
+    real_decode = torchvision.io.decode_jpeg
+
+    def decode_on_cpu(data, *, mode, device):
+        assert device.type == "cuda"
+        events.append(f"decode on {current[-1].name}")
+        return real_decode(data, mode=mode)
+
+    def record_stream(image, stream):
+        events.append(f"{tuple(image.shape)} recorded on {stream.name}")
+
+    real_orient = gpu_decode.orient
+
+    def orient_logged(image, orientation):
+        events.append("oriented")
+        return real_orient(image, orientation)
+
+    monkeypatch.setattr(gpu_decode, "_decoding_stream", lambda device: decoding)
+    monkeypatch.setattr(torch.cuda, "stream", make_current)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", decode_on_cpu)
+    monkeypatch.setattr(torch.Tensor, "record_stream", record_stream)
+    monkeypatch.setattr(gpu_decode, "orient", orient_logged)
+    paths = [_save_jpeg(tmp_path / "a.jpg", random_image(48, 32, seed=1)),
+             _rotated(tmp_path / "b.jpg", 6)]
+    jpegs = [read_jpeg(path, max_pixels=None)[0] for path in paths]
+    images = decode_jpegs(jpegs, torch.device("cuda"))
+    assert events == ["decode on decoding", "scan waits for decoding",
+                      "(3, 32, 48) recorded on scan", "(3, 64, 96) recorded on scan",  # as stored
+                      "oriented", "oriented"]
+    for image, path in zip(images, paths, strict=True):
+        assert torch.equal(image, to_tensor(open_image(path).image))
+    assert current == [scanning]
+
+
+def test_the_cpu_has_no_decoding_stream():
+    assert gpu_decode._decoding_stream(CPU) is None
