@@ -18,14 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from aidetect.config import LoraConfig
+from aidetect.frozen_layers import compute_dtype, frozen_linear, lean_mlp, plain_mlp
 
 _QKV = ("q", "k", "v")
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype autocast would compute a linear layer in on `x`'s device (else `x`'s own)."""
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def _dropout_scale(p: float) -> float:
@@ -47,7 +42,7 @@ class _LoRAUpdate(torch.autograd.Function):
     def forward(ctx, x, p: float, scaling: float, *factors):  # factors: A_q, B_q, A_k, ...
         # Under autocast, compute (and keep x) in autocast's dtype, as its F.linear would; the
         # gradients go back in the dtypes of x and of the (fp32) factors.
-        device, dtype = x.device.type, _compute_dtype(x)
+        device, dtype = x.device.type, compute_dtype(x)
         ctx.dtypes = (x.dtype, factors[0].dtype)
         x, factors = x.to(dtype), [f.to(dtype) for f in factors]
         masks, hidden, parts = [], [], []
@@ -90,48 +85,6 @@ class _LoRAUpdate(torch.autograd.Function):
         return grad_x, None, None, *(g.to(factor_dtype) for g in grad_factors)
 
 
-
-class _FrozenLinear(torch.autograd.Function):
-    """`F.linear` for a frozen weight, keeping nothing but the weight itself for backward.
-
-    Under autocast `F.linear` casts the fp32 weight to bf16 (or fp16) and keeps that copy until
-    backward, for the input's gradient: 160 MiB for a ViT-B-16 tower in bf16 (its q/k/v, output
-    and MLP weights; about 580 MiB for a ViT-L-14), alive through the whole student pass. This
-    keeps the fp32 parameter (no copy) and casts it again in backward: the same products in
-    the same dtypes, one more cast per layer and step. In fp32 it is `F.linear` unchanged.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        device, dtype = x.device.type, _compute_dtype(x)
-        ctx.dtypes = (x.dtype, dtype)
-        ctx.save_for_backward(weight)
-        with torch.autocast(device, enabled=False):
-            return F.linear(x.to(dtype), weight.to(dtype),
-                            None if bias is None else bias.to(dtype))
-
-    @staticmethod
-    def backward(ctx, grad):
-        (weight,) = ctx.saved_tensors
-        x_dtype, dtype = ctx.dtypes
-        return (grad.to(dtype) @ weight.to(dtype)).to(x_dtype), None, None
-
-
-def frozen_linear(x: torch.Tensor, weight: torch.Tensor,
-                  bias: torch.Tensor | None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, through `_FrozenLinear` where only `x` needs a gradient."""
-    if weight.requires_grad or (bias is not None and bias.requires_grad) \
-            or not (torch.is_grad_enabled() and x.requires_grad):
-        return F.linear(x, weight, bias)
-    return _FrozenLinear.apply(x, weight, bias)
-
-
-class FrozenLinear(nn.Linear):
-    """An `nn.Linear` whose forward is `frozen_linear`: what `add_lora` makes of the MLP's
-    layers, and `merge_lora` turns back into plain `nn.Linear` (the parameters are the same)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return frozen_linear(x, self.weight, self.bias)
 
 class LoRAAttention(nn.Module):
     """Multi-head self-attention whose q, k, v projections carry a LoRA update."""
@@ -232,8 +185,7 @@ def add_lora(tower: nn.Module, config: LoraConfig) -> int:
         if isinstance(block.attn, LoRAAttention):
             raise ValueError("this image tower already has LoRA; merge it first")
         block.attn = LoRAAttention(block.attn, config=config)
-        for layer in _mlp_linears(block, nn.Linear):
-            layer.__class__ = FrozenLinear  # same parameters and keys; a leaner backward
+        lean_mlp(block)  # same parameters and keys; a leaner backward
         count += 1
     for param in lora_parameters(tower):
         param.requires_grad_(True)
@@ -271,12 +223,5 @@ def merge_lora(tower: nn.Module) -> int:
         if isinstance(block.attn, LoRAAttention):
             block.attn = block.attn.merged()
             count += 1
-        for layer in _mlp_linears(block, FrozenLinear):
-            layer.__class__ = nn.Linear
+        plain_mlp(block)
     return count
-
-
-def _mlp_linears(block: nn.Module, kind: type) -> list[nn.Linear]:
-    """The Linear layers of a block's MLP whose type is exactly `kind`."""
-    mlp = getattr(block, "mlp", None)
-    return [] if mlp is None else [m for m in mlp.modules() if type(m) is kind]

@@ -8,9 +8,10 @@ heads) and so the optimiser state, the heads, the BCEs and DGS-Net's gradient su
 
 Memory. The teacher's pass runs first, under `inference_mode`: nothing of it is kept but its
 (B, D) features, and its temporaries are gone before the student's activations are held for
-backward. Under autocast the frozen layers keep no low-precision copy of their weights for
-backward (`aidetect.lora.frozen_linear`). `--checkpointing` keeps only each block's input and
-recomputes the rest in backward.
+backward. The student's frozen layers keep less for backward than autograd would
+(`aidetect.frozen_layers`): under autocast no low-precision copy of their weights, and
+QuickGELU (OpenAI CLIP's) its input but not its sigmoid. `--checkpointing` keeps only each
+block's input and recomputes the rest in backward.
 """
 
 from __future__ import annotations

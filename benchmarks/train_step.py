@@ -11,8 +11,9 @@ Every variant runs the same model (random weights), the same LoRA, batch, loss
   (`aidetect.steps.precompute_captions`, before the image tower is built, as `aidetect train`
   does). The step is `aidetect.steps.stage2_loss` with the trainer's precision and loss scaler.
 - baseline, as the published code does it: the student is a whole CLIP (image + text tower)
-  with LoRA, the teacher a second whole frozen CLIP, and the captions are tokenised and encoded
-  by the text tower at every step.
+  with LoRA (aidetect's, on q/k/v; the MLPs keep autograd's own layers, without
+  `aidetect.frozen_layers`), the teacher a second whole frozen CLIP, and the captions are
+  tokenised and encoded by the text tower at every step.
 
 Each variant runs in its own subprocess. CPU peak memory is the process's peak resident set
 (`resource.getrusage(RUSAGE_SELF).ru_maxrss`, which counts everything torch allocates;
@@ -20,12 +21,20 @@ tracemalloc would miss it), reported whole and above the footprint after imports
 memory is `torch.cuda.max_memory_allocated()` over model build and steps. Ratios are against
 the baseline (fp32, as published) measured in the same run.
 
+`--track-memory` (CPU) also counts the peak of live tensor bytes from the profiler's
+allocation events: what `torch.cuda.max_memory_allocated` counts on a GPU, so a CPU can predict
+the CUDA column. Against a GPU: with `--backbone ViT-L-14-quickgelu --batch-size 32 --steps 1
+--track-memory` this project's CPU counts 15,977 MiB for the baseline, where an H200 measured
+16,046 MiB (`--device cuda`, torch 2.11).
+
 `--decode` also measures the data pipeline: images/s that one DataLoader worker decodes and
 augments (the training dataset, 512x512 JPEGs), and how many workers the measured step rate
 needs, against what `aidetect train` starts on this machine.
 
     python benchmarks/train_step.py                      # CPU, ViT-B-16, batch 8
     python benchmarks/train_step.py --device cuda        # ViT-L-14-quickgelu, batch 32
+    python benchmarks/train_step.py --backbone ViT-L-14-quickgelu --batch-size 32 --steps 1 \
+        --track-memory                                   # the CUDA memory, counted on a CPU
 """
 
 from __future__ import annotations
@@ -66,9 +75,31 @@ VARIANTS = {  # name: (precision, activation checkpointing)
 DEFAULT_VARIANTS = ("baseline", "aidetect fp32", "aidetect", "aidetect --checkpointing")
 
 
-def run_variant(variant: str, backbone: str, batch: int, steps: int, device_name: str) -> dict:
+def peak_allocated(profiler, device_type: str) -> int:
+    """The peak of live tensor bytes on `device_type` over a profiled run (allocations minus
+    frees, in time order): on a CPU, what `torch.cuda.max_memory_allocated` counts on a GPU."""
+    events = [e for e in profiler.profiler.kineto_results.events()
+              if e.name() == "[memory]" and str(e.device_type()).split(".")[-1].lower()
+              == device_type]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def run_variant(variant: str, backbone: str, batch: int, steps: int, device_name: str,
+                track_memory: bool = False) -> dict:
     import torch
     from torch import nn
+
+    if track_memory:  # every allocation from the models' build on, as the profiler saw it
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+            result = run_variant(variant, backbone, batch, steps, device_name)
+        result["peak_tensor_mib"] = peak_allocated(profiler, device_name) / 2**20
+        return result
 
     from aidetect.config import LoraConfig
     from aidetect.surgery import dgs_loss
@@ -116,12 +147,15 @@ def run_variant(variant: str, backbone: str, batch: int, steps: int, device_name
     else:
         import open_clip
 
+        from aidetect.frozen_layers import plain_mlp
         from aidetect.lora import add_lora, lora_parameters
         from aidetect.towers import create_clip
 
         student = create_clip(backbone, None).to(device)
         teacher = copy.deepcopy(student).requires_grad_(False).eval()  # the second CLIP
         add_lora(student.visual, lora)
+        for block in student.visual.transformer.resblocks:
+            plain_mlp(block)  # the published MLP: autograd's own linear layers and QuickGELU
         student.transformer.requires_grad_(False)
         tokenizer = open_clip.get_tokenizer(backbone)
         dim = student.visual.output_dim
@@ -223,12 +257,19 @@ def main() -> None:
                         "'aidetect bf16', which shows autocast's memory on CPU)")
     parser.add_argument("--decode", action="store_true",
                         help="also measure decoding images/s per worker against the step rate")
+    parser.add_argument("--track-memory", action="store_true",
+                        help="also the peak of live tensor memory, from the profiler's "
+                        "allocation events: on a CPU, what the CUDA run's peak allocated "
+                        "would be (step times are then the profiler's, not to be compared)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: one subprocess
     args = parser.parse_args()
+    if args.track_memory and args.device != "cpu":
+        sys.exit("--track-memory counts on the CPU; on CUDA the peak CUDA column measures it")
     backbone = args.backbone or ("ViT-B-16" if args.device == "cpu" else "ViT-L-14-quickgelu")
     batch = args.batch_size or (8 if args.device == "cpu" else 32)
     if args.variant:
-        print(json.dumps(run_variant(args.variant, backbone, batch, args.steps, args.device)))
+        print(json.dumps(run_variant(args.variant, backbone, batch, args.steps, args.device,
+                                     args.track_memory)))
         return
 
     import torch
@@ -245,7 +286,8 @@ def main() -> None:
     results = []
     for variant in variants:
         command = [sys.executable, __file__, "--variant", variant, "--device", args.device,
-                   "--backbone", backbone, "--batch-size", str(batch), "--steps", str(args.steps)]
+                   "--backbone", backbone, "--batch-size", str(batch), "--steps", str(args.steps),
+                   *(["--track-memory"] if args.track_memory else [])]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             sys.exit(f"{variant} failed:\n{done.stderr}")
@@ -256,6 +298,8 @@ def main() -> None:
                ("RSS above imports", "peak_rss_above_imports_mib", "{:.0f}")]
     if args.device == "cuda":
         columns.append(("peak CUDA MiB", "peak_cuda_mib", "{:.0f}"))
+    if args.track_memory:
+        columns.append(("peak tensors MiB", "peak_tensor_mib", "{:.0f}"))
     print(f"{'variant':26} {'precision':>9}" + "".join(f" {name:>17} {'ratio':>5}"
                                                     for name, _, _ in columns))
     for result in results:
