@@ -10,8 +10,8 @@ from open_clip.transformer import QuickGELU
 from torch import nn
 
 from aidetect.config import LoraConfig
-from aidetect.frozen_layers import FrozenLinear, LeanQuickGELU, frozen_linear
-from aidetect.lora import add_lora, merge_lora
+from aidetect.frozen_layers import FrozenLinear, LeanQuickGELU, frozen_linear, plain_mlp
+from aidetect.lora import add_lora, lora_parameters, merge_lora
 
 
 def _frozen_pair(autocast: bool):
@@ -105,3 +105,48 @@ def test_add_lora_makes_the_mlp_lean_and_merge_makes_it_plain(make_detector, qui
     assert {type(m) for m in block.mlp if isinstance(m, nn.Linear)} == {nn.Linear}
     assert type(block.mlp.gelu) is activation
     assert set(detector.state_dict()) == keys  # the same parameters under the same names
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_stage2_step_on_lean_layers_has_the_plain_layers_gradients(make_detector,
+                                                                     checkpointing):
+    """A whole DGS step under bf16 autocast, through LoRA, the lean MLP of a QuickGELU tower
+    and (recomputed) checkpointed blocks: the trainable gradients of the plain layers."""
+    import copy
+
+    from aidetect.model import Teacher
+    from aidetect.steps import choose_precision, set_checkpointing, stage2_loss
+
+    precision = choose_precision(torch.device("cpu"), "bf16")
+    generator = torch.Generator().manual_seed(7)
+    images = torch.randn(4, 3, 224, 224, generator=generator)
+    labels = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    gradients = []
+    for lean in (True, False):
+        detector = make_detector(seed=1, quick_gelu=True)
+        teacher = Teacher(detector, copy.deepcopy(detector.head))
+        detector.add_lora(LoraConfig(rank=2))
+        factors = torch.Generator().manual_seed(8)
+        with torch.no_grad():  # B = 0 at the start would leave A without a gradient
+            for param in lora_parameters(detector.visual)[1::2]:  # the B factors
+                param.copy_(torch.randn(param.shape, generator=factors))
+        if not lean:
+            for block in detector.visual.transformer.resblocks:
+                plain_mlp(block)
+        assert uses_lean_layers(detector) == lean
+        set_checkpointing(detector, checkpointing)
+        detector.train()
+        torch.manual_seed(0)  # the same dropout masks
+        text_head = nn.Linear(detector.head.in_features, 1)
+        text = torch.randn(4, detector.head.in_features, generator=torch.Generator())
+        loss = stage2_loss(detector, teacher, images, labels, text, text_head=text_head,
+                           align_weight=0.2, precision=precision)
+        loss.total.backward()
+        gradients.append([p.grad for p in lora_parameters(detector.visual)])
+    for lean_grad, plain_grad in zip(*gradients, strict=True):
+        assert lean_grad.abs().sum() > 0
+        assert torch.equal(lean_grad, plain_grad)
+
+
+def uses_lean_layers(detector) -> bool:
+    return any(isinstance(m, (LeanQuickGELU, FrozenLinear)) for m in detector.visual.modules())
