@@ -78,6 +78,8 @@ def test_orient_is_exif_transpose_on_any_tensor():
         expected = np.asarray(pillow.transpose(getattr(Image.Transpose, method)))
         assert np.array_equal(orient(image, orientation)[0].numpy(), expected), orientation
     assert orient(image, 1) is image
+    meta = torch.empty(3, 20, 30, dtype=torch.uint8, device="meta")  # no host round trip
+    assert [tuple(orient(meta, o).shape) for o in (2, 6)] == [(3, 20, 30), (3, 30, 20)]
 
 
 def test_only_plain_jpegs_go_to_the_device(tmp_path):

@@ -157,3 +157,14 @@ def test_cpu_group_size_per_precision_and_width(make_detector) -> None:
 
     assert cpu_group_size(tower(BF16_NARROW_WIDTH)) == CPU_GROUP_BF16_NARROW  # ViT-B-16
     assert cpu_group_size(tower(1024)) == CPU_GROUP  # ViT-L-14
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+def test_the_converted_model_stays_on_its_device(make_detector, precision) -> None:
+    """The scan's model on the meta device (no data): a tensor made on the host inside the
+    forward pass would fail here as it fails on a GPU."""
+    detector = prepare_for_inference(make_detector().to("meta").requires_grad_(False),
+                                     precision)
+    with torch.inference_mode():
+        logits = detector(torch.empty(3, 3, 224, 224, device="meta")).float()
+    assert logits.device.type == "meta" and logits.shape == (3,)

@@ -143,3 +143,18 @@ def test_preprocess_batch_rows_equal_preprocess_tensor():
     with pytest.raises(ImageError, match="20x40 px"):
         check_image_size(20, 40, DGS_PREPROCESS)
     check_image_size(20, 40, UNIVFD_PREPROCESS)  # a centre crop pads
+
+
+def test_preprocess_batch_stays_on_the_images_device():
+    """What the GPU pipeline runs, on the meta device, which holds no data: a tensor made on
+    the host (a device mismatch on a GPU) or a value read back from the device (a stall per
+    batch) would fail here."""
+    from aidetect.preprocess import preprocess_batch
+
+    images = [torch.empty(3, h, w, dtype=torch.uint8, device="meta")
+              for w, h in [(1024, 768), (1024, 768), (500, 600), (1024, 768)]]
+    for config in (DGS_PREPROCESS, UNIVFD_PREPROCESS):
+        for batch in (images, images[:2]):  # sizes mixed, and one size
+            out = preprocess_batch(batch, config)
+            assert out.device.type == "meta" and out.dtype == torch.float32
+            assert out.shape == (len(batch), 3, config.size, config.size)
