@@ -75,7 +75,7 @@ class _QuickGELU(torch.autograd.Function):
     """x * sigmoid(1.702 x), keeping only x for backward.
 
     open_clip's `QuickGELU` leaves autograd two (B, N, 4D) tensors per block, x and the
-    sigmoid: 1.5 GiB of a ViT-L-14 student's bf16 activations at batch 32. This keeps x and
+    sigmoid: 1.4 GiB of a ViT-L-14 student's bf16 activations at batch 32. This keeps x and
     computes the sigmoid again in backward; the forward is the same operations, and the
     gradient autograd's, term for term: grad * s + sigmoid_backward(grad * x, s) * 1.702.
     """

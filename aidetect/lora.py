@@ -85,7 +85,6 @@ class _LoRAUpdate(torch.autograd.Function):
         return grad_x, None, None, *(g.to(factor_dtype) for g in grad_factors)
 
 
-
 class LoRAAttention(nn.Module):
     """Multi-head self-attention whose q, k, v projections carry a LoRA update."""
 
