@@ -24,36 +24,20 @@ streams: it runs the same steps as a dry run of the script.
 from __future__ import annotations
 
 import argparse
-import io
-import os
-import platform
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
+
+from scan_common import machine, make_images
 
 WIDTH, HEIGHT = 1024, 768
 FILL = 7
 
 
-def make_jpegs(count: int) -> list:
-    """Photo-like baseline JPEGs (nvJPEG's hardware path takes baseline ones)."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    jpegs = []
-    for _ in range(count):
-        ramp = np.linspace(0, 255, WIDTH)[None, :, None] * rng.random(3)
-        pixels = np.clip(ramp + rng.normal(0, 20, (HEIGHT, WIDTH, 3)), 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-        jpegs.append(torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8))
-    return jpegs
-
-
-def one_round(decode, jpegs: list, device, victims: int, stall_cycles: int) -> bool:
-    """True when a queued read saw memory the decoder wrote."""
+def one_round(decode, device, victims: int, stall_cycles: int) -> bool:
+    """True when a queued read saw memory that `decode()` wrote."""
     import torch
 
     tensors = [torch.full((3, HEIGHT, WIDTH), FILL, dtype=torch.uint8, device=device)
@@ -63,7 +47,7 @@ def one_round(decode, jpegs: list, device, victims: int, stall_cycles: int) -> b
         torch.cuda._sleep(stall_cycles)  # the sums below wait behind this
     sums = [tensor.sum(dtype=torch.int64) for tensor in tensors]
     del tensors  # freed while their sums are queued
-    images = decode(jpegs, device)
+    images = decode()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     expected = FILL * 3 * HEIGHT * WIDTH
@@ -84,7 +68,7 @@ def main() -> None:
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from aidetect.gpu_decode import JpegFile, decode_jpegs
+    from aidetect.gpu_decode import decode_jpegs, read_jpeg
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device here: pass --device cpu for a dry run of the script")
@@ -95,18 +79,18 @@ def main() -> None:
         # kHz x ms = cycles; older torch does not report the clock: an H100's 1.98 GHz
         clock_khz = getattr(torch.cuda.get_device_properties(device), "clock_rate", 0)
         cycles = int(args.stall_ms * (clock_khz or 1_980_000))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"machine: {name}; {platform.machine()}, {os.cpu_count()} CPUs; "
-          f"torch {torch.__version__}")
-    jpegs = make_jpegs(args.batch)
-    files = [JpegFile(data, 1, "RGB", WIDTH, HEIGHT) for data in jpegs]
+    print(f"machine: {machine(device)}")
+    with tempfile.TemporaryDirectory() as tmp:  # baseline JPEGs: nvJPEG's hardware path
+        paths = make_images(Path(tmp) / "images", args.batch, WIDTH, HEIGHT)
+        files = [read_jpeg(path, max_pixels=None)[0] for path in paths]  # as a worker reads
+    data = [file.data for file in files]
 
-    def torchvision_decode(_, device):
+    def torchvision_decode():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
-    def aidetect_decode(_, device):
+    def aidetect_decode():
         return decode_jpegs(files, device)
 
     print(f"{args.iterations} rounds: {args.victims} victims of {3 * HEIGHT * WIDTH} bytes freed "
@@ -116,7 +100,7 @@ def main() -> None:
     for label, decode in (("torchvision decode_jpeg", torchvision_decode),
                           ("aidetect decode_jpegs", aidetect_decode)):
         start = time.perf_counter()
-        corrupted = sum(one_round(decode, jpegs, device, args.victims, cycles)
+        corrupted = sum(one_round(decode, device, args.victims, cycles)
                         for _ in range(args.iterations))
         results[label] = corrupted
         print(f"{label:24} corrupted rounds {corrupted}/{args.iterations} "

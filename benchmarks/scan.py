@@ -198,9 +198,7 @@ def main() -> None:
     width, height = parse_size(args.size)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
-        folder.mkdir()
-        make_images(folder, args.images, width, height)
-        paths = sorted(folder.iterdir())
+        paths = make_images(folder, args.images, width, height)
         print(f"machine: {machine(device)}")
         print(f"model: {args.backbone} (random weights), {args.images} JPEGs {args.size}, "
               f"batch {args.batch_size}")

@@ -98,7 +98,6 @@ def main() -> None:
              str(args.batch_size))
     with tempfile.TemporaryDirectory() as tmp:
         folder, weights = Path(tmp) / "images", Path(tmp) / "detector"
-        folder.mkdir()
         make_images(folder, args.images, args.size, args.size)
         torch.manual_seed(0)
         Detector(backbone=args.backbone, pretrained=None).save_pretrained(weights)

@@ -38,13 +38,14 @@ def scan_arguments(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def make_images(folder: Path, count: int, width: int, height: int) -> None:
+def make_images(folder: Path, count: int, width: int, height: int) -> list[Path]:
     """`count` JPEGs of smooth noise with some grain (so they compress like photos), with EXIF
     and an XMP packet as a camera or an editor writes them (so provenance has something to
-    parse)."""
+    parse), in a new `folder`; returns their paths, sorted."""
     import numpy as np
     from PIL import Image
 
+    folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(count):
         coarse = rng.integers(0, 255, (height // 32 + 1, width // 32 + 1, 3), dtype=np.uint8)
@@ -55,6 +56,7 @@ def make_images(folder: Path, count: int, width: int, height: int) -> None:
         exif.update({0x010F: "Canon", 0x0110: "Canon EOS R5", 0x0131: "Adobe Lightroom 13.1"})
         Image.fromarray(pixels).save(folder / f"img{i:05d}.jpg", quality=90, exif=exif,
                                      xmp=XMP_PACKET)
+    return sorted(folder.iterdir())
 
 
 def parse_size(size: str) -> tuple[int, int]:

@@ -104,7 +104,6 @@ def compare_precisions(args) -> None:
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder, weights = Path(tmp) / "images", Path(tmp) / "detector"
-        folder.mkdir()
         make_images(folder, args.images, width, height)
         save_detector(weights, args.backbone)
         rates: dict[str, list[float]] = {p: [] for p in precisions}

@@ -74,9 +74,7 @@ def main() -> None:
     width, height = parse_size(args.size)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
-        folder.mkdir()
-        make_images(folder, args.images, width, height)
-        paths = sorted(folder.iterdir())
+        paths = make_images(folder, args.images, width, height)
         weights = save_detector(Path(tmp) / "detector", args.backbone, args.preprocess)
         print(f"machine: {machine(torch.device(args.device))}")
         print(f"model: {args.backbone} (random weights, {args.preprocess}), {args.images} JPEGs "

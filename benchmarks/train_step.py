@@ -219,22 +219,14 @@ def measure_decode(images: int = 48, size: int = 512) -> float:
     import tempfile
     from pathlib import Path
 
-    import numpy as np
-    from PIL import Image
+    from scan_common import make_images
 
     from aidetect.config import DGS_PREPROCESS, TrainConfig
     from aidetect.dataset import Augment, ImageDataset
 
     cfg = TrainConfig()
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as folder:
-        paths = []
-        for i in range(images):  # smooth gradients plus noise: a photo-like JPEG's entropy
-            ramp = np.linspace(0, 255, size)[None, :, None] * rng.random(3)
-            pixels = np.clip(ramp + rng.normal(0, 20, (size, size, 3)), 0, 255)
-            path = Path(folder) / f"{i:03d}.jpg"
-            Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
-            paths.append(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_images(Path(tmp) / "images", images, size, size)  # photo-like JPEGs
         dataset = ImageDataset(paths, [i % 2 for i in range(images)], preprocess=DGS_PREPROCESS,
                                train=True, augment=Augment(cfg.blur_prob, cfg.blur_sigma,
                                                            cfg.jpeg_prob, cfg.jpeg_quality))
